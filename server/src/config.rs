@@ -1,0 +1,66 @@
+//! Typed settings for `backchannel serve`.
+//!
+//! The CLI in `main.rs` fills these from flags, then `BACKCHANNEL_*`
+//! environment variables, then defaults (clap does the layering); tests build
+//! them directly with [`Settings::for_data_dir`]. Nothing reads the environment
+//! after start-up, so two servers in one test process never share settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a running server needs to know, passed explicitly to [`crate::run`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Folder holding the store, the secrets and the lock file.
+    pub data_dir: PathBuf,
+    /// The address people reach the server at; used for links and push `sub`.
+    pub public_url: String,
+    /// Whether anyone may create an account through the API.
+    pub open_signup: bool,
+    pub limits: Limits,
+}
+
+/// Sizes and rates that keep one client from hurting the others.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest JSON body the API accepts.
+    pub json_body_bytes: usize,
+    /// Failed logins allowed per account within [`Limits::login_window`].
+    pub login_failures_per_account: usize,
+    /// Failed logins allowed per client address within [`Limits::login_window`].
+    pub login_failures_per_address: usize,
+    pub login_window: Duration,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            json_body_bytes: 64 * 1024,
+            login_failures_per_account: 5,
+            login_failures_per_address: 30,
+            login_window: Duration::from_secs(15 * 60),
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 60 * 60),
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults for a server on `data_dir`, reached at `http://<bind>`.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>, bind: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            public_url: default_public_url(bind),
+            open_signup: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// SPEC §1: the public URL defaults to `http://<bind>`.
+pub fn default_public_url(bind: SocketAddr) -> String {
+    format!("http://{bind}")
+}

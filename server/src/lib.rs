@@ -1,0 +1,108 @@
+//! The Backchannel server as a library: [`run`] serves the PWA, the JSON API
+//! and (in later issues) sync and push from one data folder.
+//!
+//! The binary in `main.rs` parses the CLI and calls [`run`]; tests call it
+//! with a listener on `127.0.0.1:0`, a temporary data folder and their own
+//! shutdown future.
+
+pub mod auth;
+pub mod config;
+pub mod data_dir;
+pub mod error;
+pub mod routes;
+pub mod state;
+pub mod store;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpServer, web};
+
+use auth::{Auth, TokenKeys};
+pub use config::Settings;
+use data_dir::{DataDir, DataDirError};
+use state::AppState;
+use store::{Store, StoreError};
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("the HTTP server failed: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("flushing the store at shutdown failed: {0}")]
+    Flush(#[from] StoreError),
+}
+
+/// Serves until `shutdown` completes, then stops accepting, lets in-flight
+/// requests finish (up to 10 s), flushes the store and returns.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + 'static,
+) -> Result<(), RunError> {
+    let data = DataDir::open(&settings.data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(data.store.clone());
+    let auth = Auth::new(
+        store.clone(),
+        TokenKeys::from_secret(data.jwt_secret.bytes()),
+        settings.limits.clone(),
+    );
+    let json_body_bytes = settings.limits.json_body_bytes;
+    let state = web::Data::new(AppState {
+        vapid_public_key: data.vapid.public_key.clone(),
+        settings,
+        store: store.clone(),
+        auth,
+    });
+    let address = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::default().limit(json_body_bytes))
+            .wrap(from_fn(log_request))
+            .configure(|cfg| routes::configure(cfg, json_body_bytes))
+    })
+    .disable_signals()
+    .shutdown_timeout(10)
+    .listen(listener)?
+    .run();
+    tracing::info!(data = %data.path().display(), "listening on http://{address}");
+
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        handle.stop(true).await;
+    });
+    server.await?;
+    store.flush()?;
+    tracing::info!("store flushed; stopped");
+    Ok(())
+}
+
+/// One line per request. Only the path is logged, never the query string:
+/// `/sync?token=…` carries an access token.
+async fn log_request(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let method = request.method().clone();
+    let path = request.path().to_owned();
+    let started = Instant::now();
+    let response = next.call(request).await?;
+    tracing::info!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    Ok(response)
+}

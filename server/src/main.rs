@@ -1,0 +1,186 @@
+//! `backchannel`: the command line. `serve` runs the server; `user add`
+//! creates an account directly in the data folder.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use backchannel::auth::{Auth, NewAccount, Role, TokenKeys};
+use backchannel::config::{Limits, Settings, default_public_url};
+use backchannel::data_dir::DataDir;
+
+#[derive(Parser)]
+#[command(
+    name = "backchannel",
+    version,
+    about = "A back-channel for online communities: server, sync and PWA"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the PWA at /, the JSON API under /api and sync at /sync.
+    Serve(ServeArgs),
+    /// Manage accounts directly in the data folder (the server must be stopped).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Args)]
+struct DataArg {
+    /// Folder for the store, keys and lock file.
+    #[arg(long, env = "BACKCHANNEL_DATA", default_value = "./data")]
+    data: PathBuf,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "BACKCHANNEL_BIND", default_value = "127.0.0.1:8080")]
+    bind: String,
+    #[command(flatten)]
+    data: DataArg,
+    /// The URL people reach this server at [default: http://<bind>].
+    #[arg(long, env = "BACKCHANNEL_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Whether anyone may sign up through the API.
+    #[arg(
+        long,
+        env = "BACKCHANNEL_OPEN_SIGNUP",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    open_signup: bool,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account; the password is read from standard input.
+    Add {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "member")]
+        role: Role,
+        #[command(flatten)]
+        data: DataArg,
+    },
+}
+
+fn main() {
+    init_logging();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::User {
+            command:
+                UserCommand::Add {
+                    email,
+                    name,
+                    role,
+                    data,
+                },
+        } => add_user(email, name, role, data.data),
+    };
+    if let Err(error) = outcome {
+        // Logging may be filtered out by RUST_LOG; the reason to exit must not be.
+        let _ = writeln!(std::io::stderr(), "backchannel: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let listener =
+        TcpListener::bind(&args.bind).with_context(|| format!("cannot listen on {}", args.bind))?;
+    let public_url = match args.public_url {
+        Some(url) => url,
+        None => default_public_url(listener.local_addr()?),
+    };
+    let settings = Settings {
+        data_dir: args.data.data,
+        public_url: public_url.trim_end_matches('/').to_string(),
+        open_signup: args.open_signup,
+        limits: Limits::default(),
+    };
+    actix_web::rt::System::new().block_on(backchannel::run(
+        settings,
+        listener,
+        shutdown_signal(),
+    ))?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn add_user(email: String, name: String, role: Role, data: PathBuf) -> anyhow::Result<()> {
+    let data = DataDir::open(&data)?;
+    let password = read_password()?;
+    let auth = Auth::new(
+        std::sync::Arc::new(data.store.clone()),
+        TokenKeys::from_secret(data.jwt_secret.bytes()),
+        Limits::default(),
+    );
+    let user = auth.create_user(
+        NewAccount {
+            email,
+            password,
+            display_name: name,
+        },
+        role,
+    )?;
+    writeln!(std::io::stdout(), "{}", user.id)?;
+    Ok(())
+}
+
+/// The first line of standard input, without its line ending.
+fn read_password() -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let _ = write!(std::io::stderr(), "Password (shown as typed): ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut input = String::new();
+    stdin
+        .lock()
+        .take(64 * 1024)
+        .read_line(&mut input)
+        .context("cannot read the password from standard input")?;
+    Ok(input.trim_end_matches(['\r', '\n']).to_string())
+}

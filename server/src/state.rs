@@ -1,0 +1,16 @@
+//! What every handler shares, built once by [`crate::run`].
+
+use std::sync::Arc;
+
+use crate::auth::Auth;
+use crate::config::Settings;
+use crate::store::Store;
+
+#[derive(Debug)]
+pub struct AppState {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub auth: Auth,
+    /// The VAPID public key (base64url, uncompressed P-256 point).
+    pub vapid_public_key: String,
+}
