@@ -1,0 +1,705 @@
+//! The engine as deterministic multi-peer stories: in-memory peers built on
+//! the automerge library, an in-memory store, no sockets, no clock.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ChangeHash, ROOT, ReadDoc};
+use backchannel_sync::storage::{self, StorageWrite};
+use backchannel_sync::{
+    Connection, ConnectionId, DocMessage, DocumentId, DocumentMessage, DocumentView, Effect,
+    Engine, EngineConfig, Ephemeral, Input, Message, PeerId, Policy, Refusal, StorageId, WriteId,
+};
+
+/// Test rules: a document is readable by its creator, and by everyone once
+/// its root has `public: true`; nobody may write a root key `forbidden`.
+struct TestPolicy;
+
+impl Policy for TestPolicy {
+    type User = String;
+
+    fn user_id<'a>(&self, user: &'a String) -> &'a str {
+        user
+    }
+
+    fn may_read(&self, user: &String, document: DocumentView<'_>) -> bool {
+        document.creator == user
+            || matches!(document.doc.get(ROOT, "public"), Ok(Some((value, _))) if value.as_bool() == Some(true))
+    }
+
+    fn check_changes(
+        &self,
+        _user: &String,
+        document: DocumentView<'_>,
+        _before: &[ChangeHash],
+        _changes: &[automerge::Change],
+        _creating: bool,
+    ) -> Result<(), Refusal> {
+        match document.doc.get(ROOT, "forbidden") {
+            Ok(Some(_)) => Err(Refusal::new("no one may write `forbidden`")),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct Client {
+    connection: Arc<Connection<String>>,
+    docs: BTreeMap<DocumentId, (Automerge, sync::State)>,
+    received: Vec<Message>,
+    closed: Option<String>,
+    online: bool,
+}
+
+struct World {
+    engine: Engine<TestPolicy>,
+    store: BTreeMap<String, Vec<u8>>,
+    clients: Vec<Client>,
+    now: u64,
+    /// When false, writes wait in `held_writes` until `release_writes`.
+    writes_are_durable_at_once: bool,
+    held_writes: Vec<(WriteId, Vec<StorageWrite>)>,
+    log: Vec<Effect>,
+}
+
+const SERVER: &str = "server";
+
+fn doc_id(n: u8) -> DocumentId {
+    DocumentId::from_bytes([n; 16])
+}
+
+impl World {
+    fn new() -> Self {
+        let mut config = EngineConfig::new(PeerId::new(SERVER));
+        config.evict_after_ms = 1_000;
+        config.compact_after_chunks = 3;
+        Self {
+            engine: Engine::new(config, TestPolicy),
+            store: BTreeMap::new(),
+            clients: Vec::new(),
+            now: 0,
+            writes_are_durable_at_once: true,
+            held_writes: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Step: a device of `user` connects.
+    fn connect(&mut self, user: &str, storage: Option<&str>) -> usize {
+        let index = self.clients.len();
+        self.clients.push(Client {
+            connection: Arc::new(Connection {
+                id: ConnectionId(index as u64 + 1000 * self.now),
+                peer_id: PeerId::new(format!("peer-{index}")),
+                user: user.to_string(),
+                storage_id: storage.map(StorageId::new),
+                is_ephemeral: false,
+            }),
+            docs: BTreeMap::new(),
+            received: Vec::new(),
+            closed: None,
+            online: true,
+        });
+        index
+    }
+
+    fn edit(&mut self, client: usize, document: DocumentId, key: &str, value: i64) {
+        let (doc, _) = self.clients[client]
+            .docs
+            .entry(document)
+            .or_insert_with(|| (Automerge::new(), sync::State::new()));
+        let mut tx = doc.transaction();
+        tx.put(ROOT, key, value).unwrap();
+        tx.commit();
+    }
+
+    fn make_public(&mut self, client: usize, document: DocumentId) {
+        let (doc, _) = self.clients[client].docs.get_mut(&document).unwrap();
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "public", true).unwrap();
+        tx.commit();
+    }
+
+    fn value(&self, client: usize, document: DocumentId, key: &str) -> Option<i64> {
+        let (doc, _) = self.clients[client].docs.get(&document)?;
+        doc.get(ROOT, key).ok()??.0.as_i64()
+    }
+
+    fn heads(&self, client: usize, document: DocumentId) -> Vec<ChangeHash> {
+        self.clients[client].docs[&document].0.get_heads()
+    }
+
+    /// The client sends what it has for `document` (as `request` if it has nothing).
+    fn sync(&mut self, client: usize, document: DocumentId) {
+        let (doc, state) = self.clients[client]
+            .docs
+            .entry(document)
+            .or_insert_with(|| (Automerge::new(), sync::State::new()));
+        let is_empty = doc.get_heads().is_empty();
+        let Some(message) = doc.generate_sync_message(state) else {
+            return;
+        };
+        let connection = self.clients[client].connection.clone();
+        let wire = DocMessage {
+            sender_id: connection.peer_id.clone(),
+            target_id: PeerId::new(SERVER),
+            document_id: document,
+            data: message.encode(),
+        };
+        let message = if is_empty {
+            DocumentMessage::Request(wire)
+        } else {
+            DocumentMessage::Sync(wire)
+        };
+        self.input(Input::Message {
+            connection,
+            message,
+        });
+    }
+
+    fn send_ephemeral(&mut self, client: usize, document: DocumentId, count: u64) {
+        let connection = self.clients[client].connection.clone();
+        let message = DocumentMessage::Ephemeral(Ephemeral {
+            sender_id: connection.peer_id.clone(),
+            target_id: PeerId::new(SERVER),
+            document_id: document,
+            data: vec![0xa0],
+            count,
+            session_id: "session".into(),
+        });
+        self.input(Input::Message {
+            connection,
+            message,
+        });
+    }
+
+    fn disconnect(&mut self, client: usize) {
+        self.clients[client].online = false;
+        let id = self.clients[client].connection.id;
+        self.input(Input::Disconnected { connection: id });
+    }
+
+    /// Feeds one input and carries out every effect until the world is quiet.
+    fn input(&mut self, input: Input<String>) {
+        let mut inputs = vec![input];
+        while let Some(input) = inputs.pop() {
+            for effect in self.engine.handle(input, self.now) {
+                self.log.push(clone_effect(&effect));
+                match effect {
+                    Effect::Send {
+                        connection,
+                        message,
+                    } => {
+                        if let Some(reply) = self.deliver(connection, message) {
+                            inputs.push(reply);
+                        }
+                    }
+                    Effect::Close { connection, reason } => {
+                        if let Some(client) = self.client_mut(connection) {
+                            client.closed = Some(reason);
+                            client.online = false;
+                        }
+                        inputs.push(Input::Disconnected { connection });
+                    }
+                    Effect::Load { document_id } => {
+                        let prefix = storage::document_prefix(&document_id);
+                        let entries = self
+                            .store
+                            .range(prefix.clone()..)
+                            .take_while(|(key, _)| key.starts_with(&prefix))
+                            .map(|(key, value)| (key.clone(), value.clone()))
+                            .collect();
+                        let result = storage::assemble(&document_id, entries)
+                            .map(|stored| stored.map(Box::new))
+                            .map_err(|error| error.to_string());
+                        inputs.push(Input::Loaded {
+                            document_id,
+                            result,
+                        });
+                    }
+                    Effect::Write { write, writes } => match write {
+                        Some(id) if !self.writes_are_durable_at_once => {
+                            self.held_writes.push((id, writes))
+                        }
+                        _ => {
+                            self.apply(writes);
+                            if let Some(id) = write {
+                                inputs.push(Input::Written { write: id });
+                            }
+                        }
+                    },
+                    Effect::Compact { document_id } => self.compact(document_id),
+                    Effect::DocumentChanged { .. } => {}
+                }
+            }
+        }
+    }
+
+    fn release_writes(&mut self) {
+        for (id, writes) in std::mem::take(&mut self.held_writes) {
+            self.apply(writes);
+            self.input(Input::Written { write: id });
+        }
+    }
+
+    fn apply(&mut self, writes: Vec<StorageWrite>) {
+        for write in writes {
+            match write {
+                StorageWrite::Put { key, value } => {
+                    self.store.insert(key, value);
+                }
+                StorageWrite::Delete { key } => {
+                    self.store.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn compact(&mut self, document_id: DocumentId) {
+        let prefix = storage::document_prefix(&document_id);
+        let entries: Vec<(String, Vec<u8>)> = self
+            .store
+            .range(prefix.clone()..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let stored = storage::assemble(&document_id, entries).unwrap().unwrap();
+        let writes = storage::compaction_writes(
+            &document_id,
+            &stored.doc,
+            &stored.content_keys,
+            &format!("snap-{}", self.now),
+        );
+        self.apply(writes);
+    }
+
+    fn client_mut(&mut self, connection: ConnectionId) -> Option<&mut Client> {
+        self.clients
+            .iter_mut()
+            .find(|client| client.connection.id == connection && client.online)
+    }
+
+    /// A client receives a message and answers as automerge-repo would.
+    fn deliver(&mut self, connection: ConnectionId, message: Message) -> Option<Input<String>> {
+        let client = self.client_mut(connection)?;
+        client.received.push(message.clone());
+        let Message::Sync(sync_message) = message else {
+            return None;
+        };
+        let (doc, state) = client
+            .docs
+            .entry(sync_message.document_id)
+            .or_insert_with(|| (Automerge::new(), sync::State::new()));
+        doc.receive_sync_message(state, sync::Message::decode(&sync_message.data).unwrap())
+            .unwrap();
+        let reply = doc.generate_sync_message(state)?;
+        Some(Input::Message {
+            connection: client.connection.clone(),
+            message: DocumentMessage::Sync(DocMessage {
+                sender_id: client.connection.peer_id.clone(),
+                target_id: PeerId::new(SERVER),
+                document_id: sync_message.document_id,
+                data: reply.encode(),
+            }),
+        })
+    }
+
+    fn received_about(&self, client: usize, document: DocumentId) -> Vec<&Message> {
+        self.clients[client]
+            .received
+            .iter()
+            .filter(|message| match message {
+                Message::Sync(m) | Message::Request(m) => m.document_id == document,
+                Message::DocUnavailable(m) => m.document_id == document,
+                Message::Ephemeral(m) => m.document_id == document,
+                _ => false,
+            })
+            .collect()
+    }
+
+    fn stored_keys(&self, document: DocumentId) -> Vec<String> {
+        let prefix = storage::document_prefix(&document);
+        self.store
+            .keys()
+            .filter(|key| key.starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+}
+
+fn clone_effect(effect: &Effect) -> Effect {
+    match effect {
+        Effect::Send {
+            connection,
+            message,
+        } => Effect::Send {
+            connection: *connection,
+            message: message.clone(),
+        },
+        Effect::Close { connection, reason } => Effect::Close {
+            connection: *connection,
+            reason: reason.clone(),
+        },
+        Effect::Load { document_id } => Effect::Load {
+            document_id: *document_id,
+        },
+        Effect::Write { write, writes } => Effect::Write {
+            write: *write,
+            writes: writes.clone(),
+        },
+        Effect::Compact { document_id } => Effect::Compact {
+            document_id: *document_id,
+        },
+        Effect::DocumentChanged {
+            document_id,
+            user_id,
+            changes,
+        } => Effect::DocumentChanged {
+            document_id: *document_id,
+            user_id: user_id.clone(),
+            changes: changes.clone(),
+        },
+    }
+}
+
+fn is_unavailable(message: &Message) -> bool {
+    matches!(message, Message::DocUnavailable(_))
+}
+
+#[test]
+fn a_document_first_sent_by_sync_is_created_stored_and_reaches_the_creators_other_device() {
+    let mut world = World::new();
+    // Step 1: Ada's phone creates a document offline, then syncs it.
+    let phone = world.connect("ada", Some("phone"));
+    world.edit(phone, doc_id(1), "n", 1);
+    world.sync(phone, doc_id(1));
+    assert!(
+        world
+            .stored_keys(doc_id(1))
+            .contains(&storage::meta_key(&doc_id(1)))
+    );
+    // Step 2: the server acknowledged it: the phone knows the server has its heads.
+    let heads = world.heads(phone, doc_id(1));
+    let (_, state) = &world.clients[phone].docs[&doc_id(1)];
+    assert_eq!(state.shared_heads, heads);
+    // Step 3: Ada's laptop asks for it and gets it.
+    let laptop = world.connect("ada", Some("laptop"));
+    world.sync(laptop, doc_id(1));
+    assert_eq!(world.value(laptop, doc_id(1), "n"), Some(1));
+}
+
+#[test]
+fn a_request_for_an_unknown_document_gets_doc_unavailable_alone() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.sync(ada, doc_id(9));
+    let answers = world.received_about(ada, doc_id(9));
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(is_unavailable(answers[0]));
+    assert!(
+        world.stored_keys(doc_id(9)).is_empty(),
+        "nothing is created"
+    );
+}
+
+#[test]
+fn a_document_another_user_may_not_read_looks_exactly_like_a_missing_one() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "secret", 42);
+    world.sync(ada, doc_id(1));
+
+    let bob = world.connect("bob", None);
+    world.sync(bob, doc_id(1));
+    world.sync(bob, doc_id(2)); // never existed
+    let private: Vec<_> = world.received_about(bob, doc_id(1));
+    let missing: Vec<_> = world.received_about(bob, doc_id(2));
+    assert_eq!(private.len(), 1);
+    assert_eq!(missing.len(), 1);
+    let Message::DocUnavailable(private) = private[0] else {
+        panic!("expected doc-unavailable");
+    };
+    let Message::DocUnavailable(missing) = missing[0] else {
+        panic!("expected doc-unavailable");
+    };
+    assert_eq!(private.sender_id, missing.sender_id);
+    assert_eq!(private.target_id, missing.target_id);
+    assert_eq!(world.value(bob, doc_id(1), "secret"), None);
+}
+
+#[test]
+fn a_change_reaches_every_other_peer_with_the_document_open() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 1);
+    world.make_public(ada, doc_id(1));
+    world.sync(ada, doc_id(1));
+    let bob = world.connect("bob", None);
+    let cy = world.connect("cy", None);
+    world.sync(bob, doc_id(1));
+    world.sync(cy, doc_id(1));
+    assert_eq!(world.value(bob, doc_id(1), "n"), Some(1));
+
+    // Step: Bob edits; Ada and Cy get it without asking.
+    world.edit(bob, doc_id(1), "n", 2);
+    world.sync(bob, doc_id(1));
+    assert_eq!(world.value(ada, doc_id(1), "n"), Some(2));
+    assert_eq!(world.value(cy, doc_id(1), "n"), Some(2));
+}
+
+#[test]
+fn nothing_is_acknowledged_or_relayed_before_the_write_is_durable() {
+    let mut world = World::new();
+    let phone = world.connect("ada", None);
+    world.edit(phone, doc_id(1), "n", 1);
+    world.sync(phone, doc_id(1));
+    let laptop = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+
+    world.writes_are_durable_at_once = false;
+    world.edit(phone, doc_id(1), "n", 2);
+    world.sync(phone, doc_id(1));
+    let heads_with_change = world.heads(phone, doc_id(1));
+    let shared = &world.clients[phone].docs[&doc_id(1)].1.shared_heads;
+    assert_ne!(shared, &heads_with_change, "acknowledged before durable");
+    assert_eq!(
+        world.value(laptop, doc_id(1), "n"),
+        Some(1),
+        "relayed before durable"
+    );
+    assert_eq!(world.held_writes.len(), 1);
+
+    world.release_writes();
+    assert_eq!(
+        world.clients[phone].docs[&doc_id(1)].1.shared_heads,
+        heads_with_change
+    );
+    assert_eq!(world.value(laptop, doc_id(1), "n"), Some(2));
+}
+
+#[test]
+fn messages_arriving_while_a_write_is_in_flight_wait_and_are_answered_after_it() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 1);
+    world.writes_are_durable_at_once = false;
+    world.sync(ada, doc_id(1));
+    let laptop = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+    assert!(world.received_about(laptop, doc_id(1)).is_empty());
+    world.writes_are_durable_at_once = true;
+    world.release_writes();
+    assert_eq!(world.value(laptop, doc_id(1), "n"), Some(1));
+}
+
+#[test]
+fn a_refused_change_is_neither_stored_nor_relayed_and_closes_only_that_connection() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 1);
+    world.sync(ada, doc_id(1));
+    let laptop = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+    let stored_before = world.stored_keys(doc_id(1));
+
+    world.edit(ada, doc_id(1), "forbidden", 1);
+    world.sync(ada, doc_id(1));
+    assert_eq!(
+        world.clients[ada].closed.as_deref(),
+        Some("no one may write `forbidden`")
+    );
+    assert_eq!(world.stored_keys(doc_id(1)), stored_before);
+    assert_eq!(world.value(laptop, doc_id(1), "forbidden"), None);
+
+    // The laptop keeps syncing, and a new device sees no trace of the refusal.
+    world.edit(laptop, doc_id(1), "n", 5);
+    world.sync(laptop, doc_id(1));
+    let tablet = world.connect("ada", None);
+    world.sync(tablet, doc_id(1));
+    assert_eq!(world.value(tablet, doc_id(1), "n"), Some(5));
+    assert_eq!(world.value(tablet, doc_id(1), "forbidden"), None);
+}
+
+#[test]
+fn a_refused_creation_leaves_no_document() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "forbidden", 1);
+    world.sync(ada, doc_id(1));
+    assert!(world.clients[ada].closed.is_some());
+    assert!(world.stored_keys(doc_id(1)).is_empty());
+    let other = world.connect("ada", None);
+    world.sync(other, doc_id(1));
+    assert!(is_unavailable(world.received_about(other, doc_id(1))[0]));
+}
+
+#[test]
+fn concurrent_offline_edits_converge_with_both_changes() {
+    let mut world = World::new();
+    let phone = world.connect("ada", None);
+    world.edit(phone, doc_id(1), "start", 0);
+    world.sync(phone, doc_id(1));
+    let laptop = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+
+    // Both edit while offline (nothing sent), then reconnect and sync.
+    world.edit(phone, doc_id(1), "phone", 1);
+    world.edit(laptop, doc_id(1), "laptop", 2);
+    world.sync(phone, doc_id(1));
+    world.sync(laptop, doc_id(1));
+    assert_eq!(
+        world.heads(phone, doc_id(1)),
+        world.heads(laptop, doc_id(1))
+    );
+    assert_eq!(world.value(phone, doc_id(1), "laptop"), Some(2));
+    assert_eq!(world.value(laptop, doc_id(1), "phone"), Some(1));
+}
+
+#[test]
+fn an_idle_document_is_evicted_and_reloads_from_the_store() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 7);
+    world.sync(ada, doc_id(1));
+    world.disconnect(ada);
+    world.now += 5_000;
+    world.input(Input::Tick);
+    assert_eq!(world.engine.resident_documents(), 0);
+
+    let again = world.connect("ada", None);
+    world.sync(again, doc_id(1));
+    assert_eq!(world.value(again, doc_id(1), "n"), Some(7));
+}
+
+#[test]
+fn compaction_keeps_every_change_loadable() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    for n in 0..10 {
+        world.edit(ada, doc_id(1), "n", n);
+        world.sync(ada, doc_id(1));
+    }
+    let keys = world.stored_keys(doc_id(1));
+    assert!(keys.iter().any(|key| key.contains("/s/")), "{keys:?}");
+    world.disconnect(ada);
+    world.now += 5_000;
+    world.input(Input::Tick);
+    let reader = world.connect("ada", None);
+    world.sync(reader, doc_id(1));
+    assert_eq!(world.value(reader, doc_id(1), "n"), Some(9));
+}
+
+#[test]
+fn a_devices_sync_state_is_stored_on_disconnect_and_reused_on_reconnect() {
+    let mut world = World::new();
+    let phone = world.connect("ada", Some("phone-store"));
+    world.edit(phone, doc_id(1), "n", 1);
+    world.sync(phone, doc_id(1));
+    world.disconnect(phone);
+    let key = storage::sync_state_key(&doc_id(1), &StorageId::new("phone-store"));
+    let stored = sync::State::decode(&world.store[&key]).unwrap();
+    assert_eq!(stored.shared_heads, world.heads(phone, doc_id(1)));
+}
+
+#[test]
+fn ephemeral_messages_reach_the_other_readers_once() {
+    let mut world = World::new();
+    let phone = world.connect("ada", None);
+    world.edit(phone, doc_id(1), "n", 1);
+    world.sync(phone, doc_id(1));
+    let laptop = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+    let stranger = world.connect("bob", None);
+    world.sync(stranger, doc_id(1));
+    assert!(is_unavailable(world.received_about(stranger, doc_id(1))[0]));
+
+    world.send_ephemeral(phone, doc_id(1), 1);
+    world.send_ephemeral(phone, doc_id(1), 1); // echoed back: a repeat
+    let relayed: Vec<_> = world
+        .received_about(laptop, doc_id(1))
+        .into_iter()
+        .filter(|message| matches!(message, Message::Ephemeral(_)))
+        .collect();
+    assert_eq!(relayed.len(), 1);
+    let Message::Ephemeral(relayed) = relayed[0] else {
+        unreachable!()
+    };
+    assert_eq!(relayed.sender_id, PeerId::new("peer-0"));
+    assert_eq!(relayed.target_id, PeerId::new("peer-1"));
+    assert!(
+        !world
+            .received_about(stranger, doc_id(1))
+            .iter()
+            .any(|message| matches!(message, Message::Ephemeral(_)))
+    );
+    assert!(
+        !world
+            .received_about(phone, doc_id(1))
+            .iter()
+            .any(|message| matches!(message, Message::Ephemeral(_)))
+    );
+}
+
+#[test]
+fn a_device_that_asked_before_the_document_existed_gets_it_once_created() {
+    let mut world = World::new();
+    let laptop = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+    assert!(is_unavailable(world.received_about(laptop, doc_id(1))[0]));
+    let stranger = world.connect("bob", None);
+    world.sync(stranger, doc_id(1));
+
+    let phone = world.connect("ada", None);
+    world.edit(phone, doc_id(1), "n", 3);
+    world.sync(phone, doc_id(1));
+    assert_eq!(world.value(laptop, doc_id(1), "n"), Some(3));
+    assert_eq!(world.value(stranger, doc_id(1), "n"), None);
+}
+
+#[test]
+fn a_failed_write_acknowledges_nothing_and_closes_the_documents_peers() {
+    let mut world = World::new();
+    let phone = world.connect("ada", None);
+    world.edit(phone, doc_id(1), "n", 1);
+    world.writes_are_durable_at_once = false;
+    world.sync(phone, doc_id(1));
+    let (write, _) = world.held_writes.pop().unwrap();
+    world.input(Input::WriteFailed {
+        write,
+        reason: "disk full".into(),
+    });
+    assert!(
+        world.clients[phone]
+            .closed
+            .as_deref()
+            .unwrap()
+            .contains("disk full")
+    );
+    assert!(
+        world.clients[phone].docs[&doc_id(1)]
+            .1
+            .shared_heads
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_undecodable_automerge_sync_message_closes_the_connection() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    let connection = world.clients[ada].connection.clone();
+    world.input(Input::Message {
+        connection: connection.clone(),
+        message: DocumentMessage::Sync(DocMessage {
+            sender_id: connection.peer_id.clone(),
+            target_id: PeerId::new(SERVER),
+            document_id: doc_id(1),
+            data: vec![0x42, 0xff, 0xff],
+        }),
+    });
+    assert!(world.clients[ada].closed.is_some());
+    assert!(world.stored_keys(doc_id(1)).is_empty());
+}
