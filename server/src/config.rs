@@ -33,6 +33,12 @@ pub struct Limits {
     pub login_window: Duration,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// Largest sync message (one WebSocket message) accepted on `/sync`.
+    pub sync_message_bytes: usize,
+    /// Sustained sync messages per second per connection before it is slowed.
+    pub sync_messages_per_second: u32,
+    /// Messages a connection may send at once (a reconnect resyncs every open document).
+    pub sync_burst: u32,
 }
 
 impl Default for Limits {
@@ -44,6 +50,9 @@ impl Default for Limits {
             login_window: Duration::from_secs(15 * 60),
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 60 * 60),
+            sync_message_bytes: 8 * 1024 * 1024,
+            sync_messages_per_second: 500,
+            sync_burst: 2_000,
         }
     }
 }

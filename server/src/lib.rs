@@ -6,9 +6,11 @@
 //! shutdown future.
 
 pub mod auth;
+pub mod community;
 pub mod config;
 pub mod data_dir;
 pub mod error;
+pub mod hub;
 pub mod routes;
 pub mod state;
 pub mod store;
@@ -26,6 +28,7 @@ use actix_web::{App, HttpServer, web};
 use auth::{Auth, TokenKeys};
 pub use config::Settings;
 use data_dir::{DataDir, DataDirError};
+use hub::SyncHub;
 use state::AppState;
 use store::{Store, StoreError};
 
@@ -36,8 +39,8 @@ pub enum RunError {
     DataDir(#[from] DataDirError),
     #[error("the HTTP server failed: {0}")]
     Http(#[from] std::io::Error),
-    #[error("flushing the store at shutdown failed: {0}")]
-    Flush(#[from] StoreError),
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight
@@ -54,12 +57,19 @@ pub async fn run(
         TokenKeys::from_secret(data.jwt_secret.bytes()),
         settings.limits.clone(),
     );
+    let shards = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+    let hub = Arc::new(SyncHub::start(store.clone(), shards)?);
+    {
+        let hub = hub.clone();
+        auth.on_session_revoked(move |session_id| hub.close_session(session_id));
+    }
     let json_body_bytes = settings.limits.json_body_bytes;
     let state = web::Data::new(AppState {
         vapid_public_key: data.vapid.public_key.clone(),
         settings,
         store: store.clone(),
         auth,
+        hub: hub.clone(),
     });
     let address = listener.local_addr()?;
     let server = HttpServer::new(move || {
@@ -82,6 +92,7 @@ pub async fn run(
         handle.stop(true).await;
     });
     server.await?;
+    hub.shutdown();
     store.flush()?;
     tracing::info!("store flushed; stopped");
     Ok(())

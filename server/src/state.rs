@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::auth::Auth;
 use crate::config::Settings;
+use crate::hub::SyncHub;
 use crate::store::Store;
 
 #[derive(Debug)]
@@ -11,6 +12,7 @@ pub struct AppState {
     pub settings: Settings,
     pub store: Arc<dyn Store>,
     pub auth: Auth,
+    pub hub: Arc<SyncHub>,
     /// The VAPID public key (base64url, uncompressed P-256 point).
     pub vapid_public_key: String,
 }

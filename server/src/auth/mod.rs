@@ -75,6 +75,8 @@ pub struct SignedIn {
     pub expires_in: u64,
 }
 
+type RevocationListener = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Accounts and sessions over the store.
 pub struct Auth {
     store: Arc<dyn Store>,
@@ -87,6 +89,8 @@ pub struct Auth {
     /// Verified against when the email is unknown, so a login takes as long
     /// whether or not the account exists.
     dummy_password_hash: String,
+    /// Told the id of every session that ends, so live connections close with it.
+    on_revoke: std::sync::OnceLock<RevocationListener>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -105,6 +109,18 @@ impl Auth {
             login_limiter,
             writes: Mutex::new(()),
             dummy_password_hash: password::hash(&uuid::Uuid::new_v4().to_string()),
+            on_revoke: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Registers what to do when a session ends (close its sync connections).
+    pub fn on_session_revoked(&self, listener: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.on_revoke.set(Box::new(listener));
+    }
+
+    fn session_revoked(&self, session_id: &str) {
+        if let Some(listener) = self.on_revoke.get() {
+            listener(session_id);
         }
     }
 

@@ -57,6 +57,7 @@ impl Auth {
         if presented < session.generation {
             session.revoked = true;
             self.save_session(&session)?;
+            self.session_revoked(&session.id);
             tracing::warn!(session_id = %session.id, user_id = %session.user_id,
                 "a used refresh token was presented again; session revoked");
             return Err(AuthError::RefreshTokenReused);
@@ -79,6 +80,7 @@ impl Auth {
             session.revoked = true;
             self.save_session(&session)?;
         }
+        self.session_revoked(&session.id);
         Ok(())
     }
 

@@ -6,6 +6,7 @@ mod health;
 mod me;
 mod push;
 mod static_files;
+mod sync;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -22,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, json_body_bytes: usize) {
     )
     .app_data(web::PathConfig::default().error_handler(|error, _| error::path_error(error).into()))
     .route("/healthz", web::get().to(health::healthz))
+    .configure(sync::configure)
     .service(
         web::scope("/api")
             .configure(auth::configure)

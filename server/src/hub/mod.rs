@@ -1,0 +1,196 @@
+//! The sync hub: runs the sans-IO engine and does its IO.
+//!
+//! - **Shards.** Documents are spread over a few shard threads by id; each owns
+//!   one [`Engine`] and is the only owner of its documents' state.
+//! - **Loads and compactions** run on a small IO pool, so rebuilding a large
+//!   document never blocks a shard or an HTTP worker.
+//! - **The flusher** applies writes and makes them durable with one flush for
+//!   every write waiting at that moment, then tells the shards, which only
+//!   then acknowledge the changes to clients.
+//! - **The registry** maps live connections to their outbound queues, and peer
+//!   ids to their users (a peer id is scoped to its user).
+
+mod io;
+mod registry;
+mod shard;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use backchannel_sync::handshake::ServerIdentity;
+use backchannel_sync::{
+    Connection, ConnectionId, DocumentMessage, Engine, EngineConfig, Input, PeerId, StorageId,
+};
+
+use crate::community::{AccessRules, SyncUser};
+use crate::store::{Store, StoreError};
+use registry::Registry;
+pub use registry::{JoinRefused, Outbound, OutboundQueue};
+
+const STORAGE_ID_KEY: &[u8] = b"server/storage-id";
+
+use shard::ShardCommand;
+
+pub struct SyncHub {
+    identity: ServerIdentity,
+    shards: Vec<mpsc::Sender<ShardCommand>>,
+    registry: Arc<Registry>,
+    next_connection: AtomicU64,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    flusher: std::sync::Mutex<Option<io::Flusher>>,
+}
+
+impl std::fmt::Debug for SyncHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncHub")
+            .field("identity", &self.identity)
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncHub {
+    /// Starts the shard threads, the IO pool and the flusher over `store`.
+    pub fn start(store: Arc<dyn Store>, shard_count: usize) -> Result<Self, StoreError> {
+        let identity = server_identity(store.as_ref())?;
+        let registry = Arc::new(Registry::default());
+        let flusher = io::Flusher::start(store.clone());
+        let pool = io::IoPool::start(store.clone(), 2);
+        let mut shards = Vec::new();
+        let mut threads = Vec::new();
+        for index in 0..shard_count.max(1) {
+            let (sender, receiver) = mpsc::channel();
+            let engine = Engine::new(EngineConfig::new(identity.peer_id.clone()), AccessRules);
+            let context = shard::ShardContext {
+                inbox: sender.clone(),
+                registry: registry.clone(),
+                flusher: flusher.handle(),
+                pool: pool.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("sync-shard-{index}"))
+                .spawn(move || shard::run(engine, receiver, context))
+                .map_err(|error| {
+                    StoreError::Backend(format!("cannot start a sync shard: {error}"))
+                })?;
+            shards.push(sender);
+            threads.push(thread);
+        }
+        tracing::info!(peer_id = %identity.peer_id, storage_id = %identity.storage_id, shards = shards.len(), "sync hub started");
+        Ok(Self {
+            identity,
+            shards,
+            registry,
+            next_connection: AtomicU64::new(1),
+            threads: std::sync::Mutex::new(threads),
+            flusher: std::sync::Mutex::new(Some(flusher)),
+        })
+    }
+
+    pub fn identity(&self) -> &ServerIdentity {
+        &self.identity
+    }
+
+    /// Registers a connection that sent `join`. A peer id held by another
+    /// user's live connection is refused; the same user's older connection
+    /// with that peer id is closed and replaced.
+    pub fn join(
+        &self,
+        peer_id: PeerId,
+        storage_id: Option<StorageId>,
+        is_ephemeral: bool,
+        user: SyncUser,
+        outbound: OutboundQueue,
+    ) -> Result<Arc<Connection<SyncUser>>, JoinRefused> {
+        let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        let connection = Arc::new(Connection {
+            id,
+            peer_id,
+            user,
+            storage_id,
+            is_ephemeral,
+        });
+        if let Some(replaced) = self.registry.join(&connection, outbound)? {
+            self.broadcast_disconnect(replaced);
+        }
+        Ok(connection)
+    }
+
+    /// Hands a document message to the shard that owns the document.
+    pub fn route(&self, connection: Arc<Connection<SyncUser>>, message: DocumentMessage) {
+        let shard = self.shard_for(message.document_id());
+        let _ = self.shards[shard].send(ShardCommand::Input(Input::Message {
+            connection,
+            message,
+        }));
+    }
+
+    /// The connection ended: its shards forget it and persist its sync states.
+    pub fn leave(&self, connection: ConnectionId) {
+        if self.registry.leave(connection) {
+            self.broadcast_disconnect(connection);
+        }
+    }
+
+    /// Closes every live connection of a session (logout, token reuse).
+    pub fn close_session(&self, session_id: &str) {
+        self.registry.close_where(
+            |user| user.session_id == session_id,
+            "the session has ended",
+        );
+    }
+
+    fn broadcast_disconnect(&self, connection: ConnectionId) {
+        for shard in &self.shards {
+            let _ = shard.send(ShardCommand::Input(Input::Disconnected { connection }));
+        }
+    }
+
+    fn shard_for(&self, document: &backchannel_sync::DocumentId) -> usize {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        document.hash(&mut hasher);
+        (hasher.finish() % self.shards.len() as u64) as usize
+    }
+
+    /// Stops the shards, then lets the flusher finish every write they issued.
+    pub fn shutdown(&self) {
+        self.registry
+            .close_where(|_| true, "the server is shutting down");
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for shard in &self.shards {
+            let _ = shard.send(ShardCommand::Stop);
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
+        if let Some(flusher) = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            flusher.stop();
+        }
+    }
+}
+
+/// The server's `peer` identity: its storage id is made once and kept in the
+/// store, so clients can tell across restarts that their changes are here.
+fn server_identity(store: &dyn Store) -> Result<ServerIdentity, StoreError> {
+    let storage_id = match store.get(STORAGE_ID_KEY)? {
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => {
+            let id = uuid::Uuid::new_v4().to_string();
+            store.put(STORAGE_ID_KEY, id.as_bytes())?;
+            store.flush()?;
+            id
+        }
+    };
+    Ok(ServerIdentity {
+        peer_id: PeerId::new(format!("backchannel-{storage_id}")),
+        storage_id: StorageId::new(storage_id),
+    })
+}

@@ -1,0 +1,127 @@
+//! Live sync connections: where to send their frames, and which user holds
+//! which peer id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use backchannel_sync::{Connection, ConnectionId, PeerId};
+use tokio::sync::mpsc;
+
+use crate::community::SyncUser;
+
+/// What a connection's task is told to do.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(Vec<u8>),
+}
+
+/// The two ways into a connection's task: frames through a bounded queue
+/// (a slow reader fills it), and a close request that always gets through.
+#[derive(Debug, Clone)]
+pub struct OutboundQueue {
+    pub frames: mpsc::Sender<Outbound>,
+    pub close: mpsc::UnboundedSender<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("peer id {0} is in use by another user's connection")]
+pub struct JoinRefused(pub String);
+
+struct Live {
+    connection: Arc<Connection<SyncUser>>,
+    queue: OutboundQueue,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    connections: HashMap<ConnectionId, Live>,
+    by_peer: HashMap<PeerId, ConnectionId>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every update below leaves the maps consistent before it can panic.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers `connection`; returns the connection it replaced, if any.
+    pub fn join(
+        &self,
+        connection: &Arc<Connection<SyncUser>>,
+        queue: OutboundQueue,
+    ) -> Result<Option<ConnectionId>, JoinRefused> {
+        let mut inner = self.lock();
+        let mut replaced = None;
+        if let Some(&holder) = inner.by_peer.get(&connection.peer_id) {
+            let Some(live) = inner.connections.get(&holder) else {
+                return Err(JoinRefused(connection.peer_id.to_string()));
+            };
+            if live.connection.user.id != connection.user.id {
+                return Err(JoinRefused(connection.peer_id.to_string()));
+            }
+            let _ = live
+                .queue
+                .close
+                .send("replaced by a newer connection with the same peer id".into());
+            inner.connections.remove(&holder);
+            replaced = Some(holder);
+        }
+        inner
+            .by_peer
+            .insert(connection.peer_id.clone(), connection.id);
+        inner.connections.insert(
+            connection.id,
+            Live {
+                connection: connection.clone(),
+                queue,
+            },
+        );
+        Ok(replaced)
+    }
+
+    /// Forgets a connection; false if it was already gone (replaced).
+    pub fn leave(&self, id: ConnectionId) -> bool {
+        let mut inner = self.lock();
+        let Some(live) = inner.connections.remove(&id) else {
+            return false;
+        };
+        if inner.by_peer.get(&live.connection.peer_id) == Some(&id) {
+            inner.by_peer.remove(&live.connection.peer_id);
+        }
+        true
+    }
+
+    /// Queues a frame; a connection whose queue is full is too slow to keep
+    /// up and is closed (its client reconnects and resyncs from durable state).
+    pub fn send(&self, id: ConnectionId, frame: Vec<u8>) {
+        let inner = self.lock();
+        let Some(live) = inner.connections.get(&id) else {
+            return;
+        };
+        if live.queue.frames.try_send(Outbound::Frame(frame)).is_err() {
+            let _ = live
+                .queue
+                .close
+                .send("the connection fell too far behind; reconnect to resync".into());
+        }
+    }
+
+    pub fn close(&self, id: ConnectionId, reason: String) {
+        if let Some(live) = self.lock().connections.get(&id) {
+            let _ = live.queue.close.send(reason);
+        }
+    }
+
+    pub fn close_where(&self, matches: impl Fn(&SyncUser) -> bool, reason: &str) {
+        for live in self.lock().connections.values() {
+            if matches(&live.connection.user) {
+                let _ = live.queue.close.send(reason.to_string());
+            }
+        }
+    }
+}

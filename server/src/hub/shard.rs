@@ -1,0 +1,77 @@
+//! One shard thread: feeds its engine and carries out the effects.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backchannel_sync::{Effect, Engine, Input};
+
+use super::io::{FlusherHandle, IoPool, WriteJob};
+use super::registry::Registry;
+use crate::community::{AccessRules, SyncUser};
+
+/// How often an idle shard wakes to evict idle documents.
+const TICK: Duration = Duration::from_secs(1);
+
+pub enum ShardCommand {
+    Input(Input<SyncUser>),
+    Stop,
+}
+
+pub struct ShardContext {
+    /// This shard's own inbox, for answers from the IO pool and the flusher.
+    pub inbox: mpsc::Sender<ShardCommand>,
+    pub registry: Arc<Registry>,
+    pub flusher: FlusherHandle,
+    pub pool: IoPool,
+}
+
+pub fn run(
+    mut engine: Engine<AccessRules>,
+    inbox: mpsc::Receiver<ShardCommand>,
+    context: ShardContext,
+) {
+    loop {
+        let input = match inbox.recv_timeout(TICK) {
+            Ok(ShardCommand::Input(input)) => input,
+            Ok(ShardCommand::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => Input::Tick,
+        };
+        for effect in engine.handle(input, now_millis()) {
+            carry_out(effect, &context);
+        }
+    }
+}
+
+fn carry_out(effect: Effect, context: &ShardContext) {
+    match effect {
+        Effect::Send {
+            connection,
+            message,
+        } => context.registry.send(connection, message.encode()),
+        Effect::Close { connection, reason } => {
+            tracing::info!(connection = connection.0, %reason, "closing sync connection");
+            context.registry.close(connection, reason);
+        }
+        Effect::Load { document_id } => context.pool.load(document_id, context.inbox.clone()),
+        Effect::Write { write, writes } => context.flusher.submit(WriteJob {
+            writes,
+            done: write.map(|id| (id, context.inbox.clone())),
+        }),
+        Effect::Compact { document_id } => context.pool.compact(document_id),
+        Effect::DocumentChanged {
+            document_id,
+            user_id,
+            changes,
+        } => {
+            tracing::debug!(document = %document_id, user = %user_id, changes = changes.len(), "document changed");
+        }
+    }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}

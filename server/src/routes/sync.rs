@@ -1,0 +1,312 @@
+//! `GET /sync?token=…`: the automerge-repo WebSocket endpoint.
+//!
+//! The token is checked before the upgrade (401 otherwise). The connection
+//! task then answers `join` with `peer` at once, hands document messages to
+//! the hub, writes what the hub queues for it, pings, and closes with an
+//! `error` message naming the reason when something goes wrong. It owns no
+//! document state: that lives in the hub's shards.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use backchannel_sync::handshake::{self, ServerIdentity};
+use backchannel_sync::{Connection, DocumentMessage, Message};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::auth::{AuthError, Principal};
+use crate::community::SyncUser;
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::hub::{Outbound, SyncHub};
+use crate::state::AppState;
+
+/// Frames queued for one client before it counts as too slow.
+const OUTBOUND_FRAMES: usize = 1024;
+const PING_EVERY: Duration = Duration::from_secs(15);
+/// A client silent this long (no frame, no pong) is gone.
+const SILENCE_LIMIT: Duration = Duration::from_secs(45);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/sync", web::get().to(upgrade));
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn upgrade(
+    request: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    query: web::Query<TokenQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let token = query.token.as_deref().ok_or(AuthError::MissingToken)?;
+    let principal = state.auth.authenticate(token)?;
+    let (response, session, stream) = actix_ws::handle(&request, body).map_err(|error| {
+        ApiError::bad_request(
+            "websocket_required",
+            format!("/sync speaks WebSocket only: {error}"),
+        )
+    })?;
+    let limit = state.settings.limits.sync_message_bytes;
+    let stream = stream
+        .max_frame_size(limit)
+        .aggregate_continuations()
+        .max_continuation_size(limit);
+    let hub = state.hub.clone();
+    let limits = state.settings.limits.clone();
+    actix_web::rt::spawn(async move {
+        let task = ConnectionTask::new(hub, principal, limits);
+        task.run(session, stream).await;
+    });
+    Ok(response)
+}
+
+struct ConnectionTask {
+    hub: Arc<SyncHub>,
+    user: SyncUser,
+    joined: Option<Arc<Connection<SyncUser>>>,
+    flood: FloodGuard,
+    frames: mpsc::Sender<Outbound>,
+    frames_rx: Option<mpsc::Receiver<Outbound>>,
+    close: mpsc::UnboundedSender<String>,
+    close_rx: Option<mpsc::UnboundedReceiver<String>>,
+}
+
+/// What to do after one incoming frame.
+enum Next {
+    Continue,
+    Reply(Vec<u8>),
+    /// End the connection; with a reason, send it as an `error` first.
+    End(Option<String>),
+}
+
+impl ConnectionTask {
+    fn new(hub: Arc<SyncHub>, principal: Principal, limits: Limits) -> Self {
+        let (frames, frames_rx) = mpsc::channel(OUTBOUND_FRAMES);
+        let (close, close_rx) = mpsc::unbounded_channel();
+        Self {
+            hub,
+            user: SyncUser {
+                id: principal.user.id,
+                role: principal.user.role,
+                session_id: principal.session_id,
+            },
+            joined: None,
+            flood: FloodGuard::new(&limits),
+            frames,
+            frames_rx: Some(frames_rx),
+            close,
+            close_rx: Some(close_rx),
+        }
+    }
+
+    async fn run(mut self, mut session: Session, mut stream: AggregatedMessageStream) {
+        let (Some(mut frames_rx), Some(mut close_rx)) =
+            (self.frames_rx.take(), self.close_rx.take())
+        else {
+            return;
+        };
+        let mut ping = actix_web::rt::time::interval(PING_EVERY);
+        let mut last_heard = Instant::now();
+        let ending: Option<String> = loop {
+            tokio::select! {
+                frame = stream.recv() => {
+                    last_heard = Instant::now();
+                    let next = match frame {
+                        None => Next::End(None),
+                        Some(Err(error)) => Next::End(Some(format!(
+                            "invalid WebSocket frame (messages are limited to the server's size limit): {error}"
+                        ))),
+                        Some(Ok(AggregatedMessage::Binary(bytes))) => {
+                            match self.flood.admit().await {
+                                Ok(()) => self.on_binary(&bytes),
+                                Err(reason) => Next::End(Some(reason)),
+                            }
+                        }
+                        Some(Ok(AggregatedMessage::Text(_))) => Next::End(Some(
+                            "send CBOR messages as binary frames; text frames are not part of the protocol".into(),
+                        )),
+                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                            if session.pong(&bytes).await.is_err() { Next::End(None) } else { Next::Continue }
+                        }
+                        Some(Ok(AggregatedMessage::Pong(_))) => Next::Continue,
+                        Some(Ok(AggregatedMessage::Close(_))) => Next::End(None),
+                    };
+                    match next {
+                        Next::Continue => {}
+                        Next::Reply(bytes) => {
+                            if session.binary(bytes).await.is_err() { break None; }
+                        }
+                        Next::End(reason) => break reason,
+                    }
+                }
+                Some(Outbound::Frame(bytes)) = frames_rx.recv() => {
+                    if session.binary(bytes).await.is_err() { break None; }
+                }
+                Some(reason) = close_rx.recv() => break Some(reason),
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > SILENCE_LIMIT {
+                        break Some("no answer to pings; closing".into());
+                    }
+                    if session.ping(b"").await.is_err() { break None; }
+                }
+            }
+        };
+        if let Some(connection) = &self.joined {
+            self.hub.leave(connection.id);
+        }
+        match ending {
+            Some(reason) => {
+                tracing::info!(user = %self.user.id, %reason, "sync connection closed with an error");
+                let target = self.joined.as_ref().map(|c| c.peer_id.clone());
+                let error = handshake::error(self.hub.identity(), target, reason.clone());
+                let _ = session.binary(error.encode()).await;
+                let _ = session
+                    .close(Some(CloseReason {
+                        code: CloseCode::Policy,
+                        description: Some(truncate(&reason, 120)),
+                    }))
+                    .await;
+            }
+            None => {
+                let _ = session.close(None).await;
+            }
+        }
+    }
+
+    fn on_binary(&mut self, bytes: &[u8]) -> Next {
+        let message = match Message::decode(bytes) {
+            Ok(message) => message,
+            Err(error) => return Next::End(Some(format!("malformed message: {error}"))),
+        };
+        match message {
+            Message::Join(join) => self.on_join(join),
+            Message::Leave { .. } => Next::End(None),
+            Message::Error(error) => {
+                tracing::info!(user = %self.user.id, message = %truncate(&error.message, 200), "client reported an error");
+                Next::Continue
+            }
+            other => {
+                let Some(connection) = &self.joined else {
+                    // As the stock server does: nothing counts before `join`.
+                    return Next::Continue;
+                };
+                let Some(document_message) = DocumentMessage::from_message(other) else {
+                    return Next::Continue; // peer, remote heads, unknown types
+                };
+                if sender_of(&document_message) != &connection.peer_id {
+                    return Next::End(Some(
+                        "senderId does not match the peer id this connection joined with".into(),
+                    ));
+                }
+                self.hub.route(connection.clone(), document_message);
+                Next::Continue
+            }
+        }
+    }
+
+    fn on_join(&mut self, join: backchannel_sync::Join) -> Next {
+        if let Some(connection) = &self.joined {
+            if connection.peer_id == join.sender_id {
+                return Next::Continue;
+            }
+            return Next::End(Some(
+                "this connection already joined as another peer".into(),
+            ));
+        }
+        let identity: &ServerIdentity = self.hub.identity();
+        let reply = match handshake::answer_join(&join, identity) {
+            Ok(reply) => reply,
+            Err(error) => return Next::Reply(error.encode()),
+        };
+        let metadata = join.peer_metadata.unwrap_or_default();
+        let joined = self.hub.join(
+            join.sender_id,
+            metadata.storage_id,
+            metadata.is_ephemeral.unwrap_or(false),
+            self.user.clone(),
+            crate::hub::OutboundQueue {
+                frames: self.frames.clone(),
+                close: self.close.clone(),
+            },
+        );
+        match joined {
+            Ok(connection) => {
+                self.joined = Some(connection);
+                Next::Reply(reply.encode())
+            }
+            Err(refused) => Next::End(Some(refused.to_string())),
+        }
+    }
+}
+
+fn sender_of(message: &DocumentMessage) -> &backchannel_sync::PeerId {
+    match message {
+        DocumentMessage::Request(m) | DocumentMessage::Sync(m) => &m.sender_id,
+        DocumentMessage::Ephemeral(m) => &m.sender_id,
+        DocumentMessage::DocUnavailable(m) => &m.sender_id,
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+/// A token bucket per connection: bursts pass, a sustained flood is slowed
+/// (the task stops reading, so TCP pushes back), and a client that keeps
+/// flooding after being slowed is closed.
+struct FloodGuard {
+    tokens: f64,
+    burst: f64,
+    per_second: f64,
+    refilled_at: Instant,
+    /// Time spent slowing this client down in the current window.
+    slowed: Duration,
+    window_started: Instant,
+}
+
+const FLOOD_WINDOW: Duration = Duration::from_secs(10);
+const FLOOD_TOLERANCE: Duration = Duration::from_secs(5);
+
+impl FloodGuard {
+    fn new(limits: &Limits) -> Self {
+        let burst = limits.sync_burst as f64;
+        Self {
+            tokens: burst,
+            burst,
+            per_second: limits.sync_messages_per_second.max(1) as f64,
+            refilled_at: Instant::now(),
+            slowed: Duration::ZERO,
+            window_started: Instant::now(),
+        }
+    }
+
+    async fn admit(&mut self) -> Result<(), String> {
+        let now = Instant::now();
+        if now.duration_since(self.window_started) > FLOOD_WINDOW {
+            self.window_started = now;
+            self.slowed = Duration::ZERO;
+        }
+        self.tokens = (self.tokens
+            + now.duration_since(self.refilled_at).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        self.refilled_at = now;
+        if self.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.per_second);
+            self.slowed += wait;
+            if self.slowed > FLOOD_TOLERANCE {
+                return Err("too many messages: this connection is flooding the server".into());
+            }
+            actix_web::rt::time::sleep(wait).await;
+            self.tokens = 1.0;
+            self.refilled_at = Instant::now();
+        }
+        self.tokens -= 1.0;
+        Ok(())
+    }
+}
