@@ -1,0 +1,100 @@
+// Nothing acknowledged is lost: a server killed with SIGKILL in the middle of
+// a write load and started again still has every change any client saw
+// acknowledged (the server's heads, as the stock client tracks them by the
+// server's storageId).
+
+import { test } from "node:test"
+import assert from "node:assert/strict"
+import fs from "node:fs"
+import os from "node:os"
+import path from "node:path"
+
+import * as A from "@automerge/automerge"
+import { decodeHeads } from "@automerge/automerge-repo"
+
+import {
+  makeClient,
+  randomId,
+  registerUser,
+  serverStorageId,
+  shutdownAll,
+  sleep,
+  startBackchannelServer,
+  waitForPeer,
+  waitUntilServerAcked,
+  withTimeout,
+} from "../lib/servers.mjs"
+
+const BINARY = process.env.BACKCHANNEL_BIN
+const PASSWORD = "durability password"
+
+async function login(httpUrl, email) {
+  const response = await fetch(new URL("/api/auth/login", httpUrl), {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email, password: PASSWORD }),
+  })
+  assert.equal(response.status, 200, await response.clone().text())
+  return response.json()
+}
+
+test("a server killed mid-write and restarted has every change a client saw acknowledged", async () => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "backchannel-durability-"))
+  let server = await startBackchannelServer({ binary: BINARY, dataDir })
+  const email = `writer-${randomId(6)}@example.org`.toLowerCase()
+  const account = await registerUser(server.httpUrl, { email, password: PASSWORD, display_name: "Writer" })
+
+  // Three writers (two devices of one user, plus a second document) load the server.
+  const devices = [makeClient(server.syncUrl(account.access_token)), makeClient(server.syncUrl(account.access_token))]
+  await Promise.all(devices.map(repo => waitForPeer(repo)))
+  const storageId = serverStorageId(devices[0])
+  const handles = devices.map(repo =>
+    repo.create({ type: "post", schema: 1, author: account.user.id, status: "draft", title: "load", body: "", replies: [] }),
+  )
+  for (const [i, handle] of handles.entries()) await waitUntilServerAcked(devices[i], handle)
+
+  // What the server acknowledged, per document: the reply ids at its last reported heads.
+  const acknowledged = handles.map(() => new Set())
+  const observe = () => {
+    handles.forEach((handle, i) => {
+      const info = handle.getSyncInfo(storageId)
+      if (!info) return
+      const view = A.view(handle.doc(), decodeHeads(info.lastHeads))
+      for (const reply of view.replies) acknowledged[i].add(reply.id)
+    })
+  }
+  let writing = true
+  const writers = handles.map(async handle => {
+    while (writing) {
+      handle.change(doc => {
+        doc.replies.push({ id: randomId(10), author: account.user.id, created_at: Date.now(), body: "x" })
+      })
+      observe()
+      await sleep(3)
+    }
+  })
+  await sleep(1500)
+  await server.kill()
+  writing = false
+  await Promise.all(writers)
+  observe()
+  const counts = acknowledged.map(set => set.size)
+  assert.ok(counts.every(n => n > 10), `the load was acknowledged before the kill: ${counts}`)
+  await shutdownAll(devices)
+
+  server = await startBackchannelServer({ binary: BINARY, dataDir })
+  try {
+    const again = await login(server.httpUrl, email)
+    const reader = makeClient(server.syncUrl(again.access_token))
+    await waitForPeer(reader)
+    for (const [i, handle] of handles.entries()) {
+      const recovered = await withTimeout(reader.find(handle.url), 15_000, "find after restart")
+      const ids = new Set(recovered.doc().replies.map(reply => reply.id))
+      const lost = [...acknowledged[i]].filter(id => !ids.has(id))
+      assert.deepEqual(lost, [], `document ${i}: ${lost.length} acknowledged replies lost of ${acknowledged[i].size}`)
+    }
+    await shutdownAll([reader])
+  } finally {
+    await server.stop()
+  }
+})
