@@ -86,9 +86,13 @@ pub async fn run(
     tracing::info!(data = %data.path().display(), "listening on http://{address}");
 
     let handle = server.handle();
+    let closing_hub = hub.clone();
     actix_web::rt::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing requests in flight");
+        // Sync connections never end on their own; close them first so the
+        // graceful stop does not wait for them (clients reconnect after restart).
+        closing_hub.close_all("the server is shutting down; reconnect shortly");
         handle.stop(true).await;
     });
     server.await?;

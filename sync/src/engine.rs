@@ -222,6 +222,9 @@ struct Loaded<U> {
     /// Connections that asked for the document before it existed.
     waiting: HashMap<ConnectionId, Arc<Connection<U>>>,
     write_in_flight: Option<WriteId>,
+    /// Writes of changes applied in this round, issued as one write when the
+    /// queue is empty: a document pays one flush per round, not per message.
+    pending_writes: Vec<StorageWrite>,
     /// Changes applied but not yet durable: who made them, which ones.
     unacknowledged: Vec<(String, Vec<ChangeHash>)>,
     /// Peers owed a sync message once nothing is in flight.
@@ -370,6 +373,7 @@ impl<P: Policy> Engine<P> {
                     existing,
                     waiting: HashMap::new(),
                     write_in_flight: None,
+                    pending_writes: Vec::new(),
                     unacknowledged: Vec::new(),
                     owed: HashSet::new(),
                 }));
@@ -379,7 +383,9 @@ impl<P: Policy> Engine<P> {
         }
     }
 
-    /// Processes queued messages until a write goes in flight or the queue empties.
+    /// Processes every queued message (unless a write is in flight), then
+    /// either writes the changes they brought, as one write, or, with nothing
+    /// to write, sends every peer what it is owed.
     fn drain_queue(&mut self, document_id: DocumentId, effects: &mut Vec<Effect>) {
         loop {
             let Some(entry) = self.documents.get_mut(&document_id) else {
@@ -392,7 +398,18 @@ impl<P: Policy> Engine<P> {
                 return;
             }
             let Some((connection, message)) = entry.queue.pop_front() else {
-                self.send_owed(document_id, effects);
+                if loaded.pending_writes.is_empty() {
+                    self.send_owed(document_id, effects);
+                } else {
+                    let write = WriteId(self.next_write);
+                    self.next_write += 1;
+                    self.writes.insert(write, document_id);
+                    loaded.write_in_flight = Some(write);
+                    effects.push(Effect::Write {
+                        write: Some(write),
+                        writes: std::mem::take(&mut loaded.pending_writes),
+                    });
+                }
                 return;
             };
             if !self.connections.contains_key(&connection.id) {
@@ -536,9 +553,7 @@ impl<P: Policy> Engine<P> {
         match verdict {
             Ok(changes) => {
                 let user_id = self.policy.user_id(&connection.user).to_string();
-                let write = WriteId(self.next_write);
-                self.next_write += 1;
-                let mut writes = Vec::with_capacity(2);
+                let writes = &mut loaded.pending_writes;
                 if !existing.meta_stored {
                     writes.push(StorageWrite::Put {
                         key: storage::meta_key(&document_id),
@@ -554,12 +569,6 @@ impl<P: Policy> Engine<P> {
                     key: storage::change_chunk_key(&document_id, &changes[0].hash()),
                     value: chunk,
                 });
-                effects.push(Effect::Write {
-                    write: Some(write),
-                    writes,
-                });
-                self.writes.insert(write, document_id);
-                loaded.write_in_flight = Some(write);
                 loaded
                     .unacknowledged
                     .push((user_id, changes.iter().map(Change::hash).collect()));

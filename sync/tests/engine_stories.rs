@@ -703,3 +703,49 @@ fn an_undecodable_automerge_sync_message_closes_the_connection() {
     assert!(world.clients[ada].closed.is_some());
     assert!(world.stored_keys(doc_id(1)).is_empty());
 }
+
+#[test]
+fn changes_that_arrive_during_a_write_share_the_next_write() {
+    let mut world = World::new();
+    let phone = world.connect("ada", None);
+    world.edit(phone, doc_id(1), "phone", 0);
+    world.sync(phone, doc_id(1));
+    let laptop = world.connect("ada", None);
+    let tablet = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+    world.sync(tablet, doc_id(1));
+
+    world.writes_are_durable_at_once = false;
+    world.edit(phone, doc_id(1), "phone", 1);
+    world.sync(phone, doc_id(1));
+    world.edit(laptop, doc_id(1), "laptop", 1);
+    world.sync(laptop, doc_id(1));
+    world.edit(tablet, doc_id(1), "tablet", 1);
+    world.sync(tablet, doc_id(1));
+    assert_eq!(
+        world.held_writes.len(),
+        1,
+        "one write in flight; the rest wait"
+    );
+
+    world.release_writes();
+    assert_eq!(
+        world.held_writes.len(),
+        1,
+        "the waiting changes share one write"
+    );
+    let chunks = world.held_writes[0]
+        .1
+        .iter()
+        .filter(|write| matches!(write, StorageWrite::Put { key, .. } if key.contains("/c/")))
+        .count();
+    assert_eq!(chunks, 2);
+
+    world.writes_are_durable_at_once = true;
+    world.release_writes();
+    for client in [phone, laptop, tablet] {
+        assert_eq!(world.value(client, doc_id(1), "phone"), Some(1));
+        assert_eq!(world.value(client, doc_id(1), "laptop"), Some(1));
+        assert_eq!(world.value(client, doc_id(1), "tablet"), Some(1));
+    }
+}

@@ -157,7 +157,7 @@ impl Auth {
             return Err(AuthError::InvalidDisplayName);
         }
         // Hash before taking the lock: it is the slow part.
-        let password_hash = password::hash(&account.password);
+        let password_hash = self.hashing.hash(&account.password);
         let record = UserRecord {
             id: uuid::Uuid::new_v4().to_string(),
             email,
@@ -193,9 +193,9 @@ impl Auth {
         self.login_limiter.check(&normalized, address, now)?;
         let record = self.find_by_email(&normalized)?;
         let matches = match &record {
-            Some(record) => password::verify(password, &record.password_hash),
+            Some(record) => self.hashing.verify(password, &record.password_hash),
             None => {
-                password::verify(password, &self.dummy_password_hash);
+                self.hashing.verify(password, &self.dummy_password_hash);
                 false
             }
         };

@@ -83,6 +83,7 @@ pub struct Auth {
     keys: TokenKeys,
     limits: Limits,
     login_limiter: LoginLimiter,
+    hashing: password::HashingPool,
     /// Serialises read-then-write sequences (unique emails, token rotation),
     /// so two concurrent requests cannot both pass a check.
     writes: Mutex<()>,
@@ -107,6 +108,7 @@ impl Auth {
             keys,
             limits,
             login_limiter,
+            hashing: password::HashingPool::for_this_machine(),
             writes: Mutex::new(()),
             dummy_password_hash: password::hash(&uuid::Uuid::new_v4().to_string()),
             on_revoke: std::sync::OnceLock::new(),

@@ -155,10 +155,13 @@ impl SyncHub {
         (hasher.finish() % self.shards.len() as u64) as usize
     }
 
+    pub fn close_all(&self, reason: &str) {
+        self.registry.close_where(|_| true, reason);
+    }
+
     /// Stops the shards, then lets the flusher finish every write they issued.
     pub fn shutdown(&self) {
-        self.registry
-            .close_where(|_| true, "the server is shutting down");
+        self.close_all("the server is shutting down");
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for shard in &self.shards {
             let _ = shard.send(ShardCommand::Stop);

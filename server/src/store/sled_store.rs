@@ -9,8 +9,14 @@ pub struct SledStore {
 }
 
 impl SledStore {
+    /// sled's page cache defaults to 1 GiB; a small server keeps it modest.
+    const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(Self::CACHE_BYTES)
+            .open()?;
         Ok(Self { db })
     }
 

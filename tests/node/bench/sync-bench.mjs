@@ -196,6 +196,7 @@ async function idlePhase(target) {
   // Register / resolve every identity first: on Backchannel, sign-up hashes a
   // password, which must not land in the memory figure.
   const ids = await mapLimit(range(K), 4, i => target.identity(IDLE_BASE + i))
+  if (target.restart) await target.restart()
   // One connection opened and closed first, so lazy start-up costs are not counted.
   const warm = makeClient(ids[0].url)
   await waitForPeer(warm, 30_000)

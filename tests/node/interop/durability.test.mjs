@@ -98,3 +98,33 @@ test("a server killed mid-write and restarted has every change a client saw ackn
     await server.stop()
   }
 })
+
+test("SIGTERM with clients connected exits 0 promptly, and the clients resync after a restart", async () => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "backchannel-sigterm-"))
+  let server = await startBackchannelServer({ binary: BINARY, dataDir })
+  const email = `stay-${randomId(6)}@example.org`.toLowerCase()
+  const account = await registerUser(server.httpUrl, { email, password: PASSWORD, display_name: "Stayer" })
+  const repo = makeClient(server.syncUrl(account.access_token))
+  await waitForPeer(repo)
+  const handle = repo.create({ type: "post", schema: 1, author: account.user.id, status: "draft", title: "kept", body: "", replies: [] })
+  await waitUntilServerAcked(repo, handle)
+
+  const started = Date.now()
+  const exit = await server.stop({ graceMs: 9_000 })
+  assert.equal(exit.escalated, false, "the server stopped by itself")
+  assert.equal(exit.code, 0)
+  assert.ok(Date.now() - started < 5_000, `stopped in ${Date.now() - started} ms`)
+  await shutdownAll([repo])
+
+  server = await startBackchannelServer({ binary: BINARY, dataDir })
+  try {
+    const again = await login(server.httpUrl, email)
+    const reader = makeClient(server.syncUrl(again.access_token))
+    await waitForPeer(reader)
+    const recovered = await withTimeout(reader.find(handle.url), 15_000, "find after restart")
+    assert.equal(recovered.doc().title, "kept")
+    await shutdownAll([reader])
+  } finally {
+    await server.stop()
+  }
+})

@@ -335,7 +335,7 @@ export async function referenceTarget({ dataDir }) {
  * (bench-<runId>-<i>@example.org) and connects with its access token.
  */
 export async function backchannelTarget({ dataDir, binary = defaultBackchannelBinary(), runId = randomId(8) }) {
-  const server = await startBackchannelServer({ binary, dataDir })
+  let server = await startBackchannelServer({ binary, dataDir })
   const identities = new Map()
   const identity = i => {
     if (!identities.has(i)) {
@@ -343,13 +343,20 @@ export async function backchannelTarget({ dataDir, binary = defaultBackchannelBi
         email: `bench-${runId}-${i}@example.org`,
         password: "bench password 1",
         display_name: `Bench ${i}`,
-      }).then(body => ({ url: server.syncUrl(body.access_token), userId: body.user.id, session: body }))
+      }).then(body => ({
+        // A getter: after restart() the server listens on another port.
+        get url() {
+          return server.syncUrl(body.access_token)
+        },
+        userId: body.user.id,
+        session: body,
+      }))
       p.catch(() => identities.delete(i))
       identities.set(i, p)
     }
     return identities.get(i)
   }
-  return {
+  const target = {
     name: "backchannel",
     server,
     pid: server.pid,
@@ -358,7 +365,20 @@ export async function backchannelTarget({ dataDir, binary = defaultBackchannelBi
     rssBytes: () => server.rssBytes(),
     cpuSeconds: () => server.cpuSeconds(),
     stop: () => server.stop(),
+    /**
+     * Stops and starts the server on the same data folder (accounts, sessions
+     * and tokens survive), so memory freed by earlier work (Argon2 hashing at
+     * sign-up keeps ~19 MiB per concurrent hash in the allocator) does not
+     * hide what new connections cost.
+     */
+    restart: async () => {
+      await server.stop()
+      server = await startBackchannelServer({ binary, dataDir })
+      target.server = server
+      target.pid = server.pid
+    },
   }
+  return target
 }
 
 /** Builds a target by name: "reference" or "backchannel". */
