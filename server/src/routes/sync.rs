@@ -60,8 +60,8 @@ async fn upgrade(
     let hub = state.hub.clone();
     let limits = state.settings.limits.clone();
     actix_web::rt::spawn(async move {
-        let task = ConnectionTask::new(hub, principal, limits);
-        task.run(session, stream).await;
+        let (task, inbox) = ConnectionTask::new(hub, principal, limits);
+        task.run(inbox, session, stream).await;
     });
     Ok(response)
 }
@@ -72,9 +72,13 @@ struct ConnectionTask {
     joined: Option<Arc<Connection<SyncUser>>>,
     flood: FloodGuard,
     frames: mpsc::Sender<Outbound>,
-    frames_rx: Option<mpsc::Receiver<Outbound>>,
     close: mpsc::UnboundedSender<String>,
-    close_rx: Option<mpsc::UnboundedReceiver<String>>,
+}
+
+/// The receiving ends of a connection's queues, drained by its task.
+struct Inbox {
+    frames: mpsc::Receiver<Outbound>,
+    close: mpsc::UnboundedReceiver<String>,
 }
 
 /// What to do after one incoming frame.
@@ -86,10 +90,10 @@ enum Next {
 }
 
 impl ConnectionTask {
-    fn new(hub: Arc<SyncHub>, principal: Principal, limits: Limits) -> Self {
+    fn new(hub: Arc<SyncHub>, principal: Principal, limits: Limits) -> (Self, Inbox) {
         let (frames, frames_rx) = mpsc::channel(OUTBOUND_FRAMES);
         let (close, close_rx) = mpsc::unbounded_channel();
-        Self {
+        let task = Self {
             hub,
             user: SyncUser {
                 id: principal.user.id,
@@ -99,18 +103,21 @@ impl ConnectionTask {
             joined: None,
             flood: FloodGuard::new(&limits),
             frames,
-            frames_rx: Some(frames_rx),
             close,
-            close_rx: Some(close_rx),
-        }
+        };
+        let inbox = Inbox {
+            frames: frames_rx,
+            close: close_rx,
+        };
+        (task, inbox)
     }
 
-    async fn run(mut self, mut session: Session, mut stream: AggregatedMessageStream) {
-        let (Some(mut frames_rx), Some(mut close_rx)) =
-            (self.frames_rx.take(), self.close_rx.take())
-        else {
-            return;
-        };
+    async fn run(
+        mut self,
+        mut inbox: Inbox,
+        mut session: Session,
+        mut stream: AggregatedMessageStream,
+    ) {
         let mut ping = actix_web::rt::time::interval(PING_EVERY);
         let mut last_heard = Instant::now();
         let ending: Option<String> = loop {
@@ -145,10 +152,10 @@ impl ConnectionTask {
                         Next::End(reason) => break reason,
                     }
                 }
-                Some(Outbound::Frame(bytes)) = frames_rx.recv() => {
+                Some(Outbound::Frame(bytes)) = inbox.frames.recv() => {
                     if session.binary(bytes).await.is_err() { break None; }
                 }
-                Some(reason) = close_rx.recv() => break Some(reason),
+                Some(reason) = inbox.close.recv() => break Some(reason),
                 _ = ping.tick() => {
                     if last_heard.elapsed() > SILENCE_LIMIT {
                         break Some("no answer to pings; closing".into());
