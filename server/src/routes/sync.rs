@@ -126,6 +126,12 @@ impl ConnectionTask {
                     last_heard = Instant::now();
                     let next = match frame {
                         None => Next::End(None),
+                        Some(Err(actix_ws::ProtocolError::Io(error))) => {
+                            // The client went away without a closing handshake
+                            // (a phone losing signal): an ordinary disconnect.
+                            tracing::debug!(%error, "sync connection dropped");
+                            Next::End(None)
+                        }
                         Some(Err(error)) => Next::End(Some(format!(
                             "invalid WebSocket frame (messages are limited to the server's size limit): {error}"
                         ))),
