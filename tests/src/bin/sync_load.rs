@@ -114,7 +114,7 @@ struct Args {
         default_value = "idle,throughput,latency,open"
     )]
     phases: Vec<Phase>,
-    /// Backchannel binary [default: <repo>/target/release/backchannel].
+    /// Backchannel binary (default: `target/release/backchannel` in this repository).
     #[arg(long, env = "BACKCHANNEL_BIN")]
     binary: Option<PathBuf>,
     /// Repository root (holds tests/node) [default: the one this was built from].
