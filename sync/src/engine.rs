@@ -117,6 +117,14 @@ impl DocumentMessage {
         }
     }
 
+    pub fn sender_id(&self) -> &PeerId {
+        match self {
+            Self::Request(m) | Self::Sync(m) => &m.sender_id,
+            Self::Ephemeral(m) => &m.sender_id,
+            Self::DocUnavailable(m) => &m.sender_id,
+        }
+    }
+
     pub fn document_id(&self) -> &DocumentId {
         match self {
             Self::Request(m) | Self::Sync(m) => &m.document_id,

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backchannel_sync::{Effect, Engine, Input};
 
 use super::io::{FlusherHandle, IoPool, WriteJob};
 use super::registry::Registry;
+use crate::auth::now_millis;
 use crate::community::{AccessRules, SyncUser};
 
 /// How often an idle shard wakes to evict idle documents.
@@ -67,11 +68,4 @@ fn carry_out(effect: Effect, context: &ShardContext) {
             tracing::debug!(document = %document_id, user = %user_id, changes = changes.len(), "document changed");
         }
     }
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -212,7 +212,7 @@ impl ConnectionTask {
                 let Some(document_message) = DocumentMessage::from_message(other) else {
                     return Next::Continue; // peer, remote heads, unknown types
                 };
-                if sender_of(&document_message) != &connection.peer_id {
+                if document_message.sender_id() != &connection.peer_id {
                     return Next::End(Some(
                         "senderId does not match the peer id this connection joined with".into(),
                     ));
@@ -255,14 +255,6 @@ impl ConnectionTask {
             }
             Err(refused) => Next::End(Some(refused.to_string())),
         }
-    }
-}
-
-fn sender_of(message: &DocumentMessage) -> &backchannel_sync::PeerId {
-    match message {
-        DocumentMessage::Request(m) | DocumentMessage::Sync(m) => &m.sender_id,
-        DocumentMessage::Ephemeral(m) => &m.sender_id,
-        DocumentMessage::DocUnavailable(m) => &m.sender_id,
     }
 }
 
