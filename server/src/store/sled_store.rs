@@ -12,12 +12,31 @@ impl SledStore {
     /// sled's page cache defaults to 1 GiB; a small server keeps it modest.
     const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+    /// How long `open` waits for sled's own file lock. The data folder's lock
+    /// already keeps other processes out, so a held sled lock can only be this
+    /// process's previous store, whose background threads release it a moment
+    /// after the last handle is dropped (a restart inside one process).
+    const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(Self::CACHE_BYTES)
-            .open()?;
-        Ok(Self { db })
+        let deadline = std::time::Instant::now() + Self::LOCK_WAIT;
+        loop {
+            match sled::Config::new()
+                .path(path)
+                .cache_capacity(Self::CACHE_BYTES)
+                .open()
+            {
+                Ok(db) => return Ok(Self { db }),
+                // sled reports its lock as `Other` with this text.
+                Err(sled::Error::Io(error))
+                    if error.to_string().starts_with("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 
     /// A store in a temporary folder that sled removes when it is dropped.
