@@ -45,6 +45,14 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
@@ -110,6 +118,7 @@ impl From<AuthError> for ApiError {
             SessionRevoked => (StatusCode::UNAUTHORIZED, "session_revoked"),
             RefreshTokenReused => (StatusCode::UNAUTHORIZED, "refresh_token_reused"),
             UserNotFound => (StatusCode::NOT_FOUND, "user_not_found"),
+            LastManager => (StatusCode::CONFLICT, "last_manager"),
             Store(store_error) => return store_error_to_api(store_error),
         };
         let mut api_error = ApiError::new(status, code, error.to_string());

@@ -11,6 +11,7 @@ pub mod config;
 pub mod data_dir;
 pub mod error;
 pub mod hub;
+pub mod kept;
 pub mod routes;
 pub mod state;
 pub mod store;
@@ -29,6 +30,7 @@ use auth::{Auth, TokenKeys};
 pub use config::Settings;
 use data_dir::{DataDir, DataDirError};
 use hub::SyncHub;
+use kept::KeptDocs;
 use state::AppState;
 use store::{Store, StoreError};
 
@@ -52,13 +54,26 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let data = DataDir::open(&settings.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(data.store.clone());
-    let auth = Auth::new(
+    let auth = Arc::new(Auth::new(
         store.clone(),
         TokenKeys::from_secret(data.jwt_secret.bytes()),
         settings.limits.clone(),
-    );
+    ));
     let shards = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
-    let hub = Arc::new(SyncHub::start(store.clone(), shards)?);
+    let (projector, projector_feed) = std::sync::mpsc::channel();
+    let hub = Arc::new(SyncHub::start(
+        store.clone(),
+        shards,
+        kept::summary_sink(projector.clone()),
+    )?);
+    let kept = KeptDocs::start(
+        store.clone(),
+        hub.clone(),
+        auth.clone(),
+        projector,
+        projector_feed,
+    )
+    .await?;
     {
         let hub = hub.clone();
         auth.on_session_revoked(move |session_id| hub.close_session(session_id));
@@ -70,6 +85,7 @@ pub async fn run(
         store: store.clone(),
         auth,
         hub: hub.clone(),
+        kept: kept.clone(),
     });
     let address = listener.local_addr()?;
     let server = HttpServer::new(move || {
@@ -96,6 +112,8 @@ pub async fn run(
         handle.stop(true).await;
     });
     server.await?;
+    // The projector first, so its last edits reach the shards before they stop.
+    kept.stop();
     hub.shutdown();
     store.flush()?;
     tracing::info!("store flushed; stopped");

@@ -23,7 +23,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{Automerge, Change, ChangeHash};
+use automerge::transaction::Transaction;
+use automerge::{ActorId, Automerge, AutomergeError, Change, ChangeHash};
 
 use crate::ids::{DocumentId, PeerId, StorageId};
 use crate::messages::{DocMessage, DocUnavailable, Ephemeral, Message};
@@ -78,6 +79,8 @@ impl fmt::Display for Refusal {
 /// hooks the engine calls for every document and every incoming change.
 pub trait Policy {
     type User: fmt::Debug;
+    /// What the server derives from a document (for indexes, counts, push).
+    type Summary: fmt::Debug + PartialEq;
 
     /// The stable id recorded as a new document's creator.
     fn user_id<'a>(&self, user: &'a Self::User) -> &'a str;
@@ -94,6 +97,31 @@ pub trait Policy {
         changes: &[Change],
         creating: bool,
     ) -> Result<(), Refusal>;
+
+    /// Describes a document after durable changes, or `None` if nothing is
+    /// derived from it.
+    fn summarize(&self, document: DocumentView<'_>) -> Option<Self::Summary>;
+}
+
+/// The body of a [`LocalEdit`]: changes made in one transaction.
+pub type EditFn = Box<dyn FnOnce(&mut Transaction<'_>) -> Result<(), AutomergeError> + Send>;
+
+/// A change the server itself makes to a document, with its own actor.
+pub struct LocalEdit {
+    /// Recorded as the document's creator if this edit creates it.
+    pub creator: String,
+    pub apply: EditFn,
+    /// Answered with [`Effect::EditDone`] once the edit is durable (or failed).
+    pub ticket: Option<u64>,
+}
+
+impl fmt::Debug for LocalEdit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalEdit")
+            .field("creator", &self.creator)
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The document-level messages a connection hands to the engine.
@@ -156,12 +184,22 @@ pub enum Input<U> {
         write: WriteId,
         reason: String,
     },
+    /// The server changes a document itself (creating it if it is missing).
+    Edit {
+        document_id: DocumentId,
+        edit: LocalEdit,
+    },
+    /// Emit the document's [`Effect::Summary`] (after a restart, for derived
+    /// state that may have missed its last changes).
+    Describe {
+        document_id: DocumentId,
+    },
     /// Time passes: idle documents are evicted.
     Tick,
 }
 
-#[derive(Debug, PartialEq)]
-pub enum Effect {
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect<S> {
     Send {
         connection: ConnectionId,
         message: Message,
@@ -187,12 +225,23 @@ pub enum Effect {
         user_id: String,
         changes: Vec<ChangeHash>,
     },
+    /// The policy's summary of a document after its durable changes (or on
+    /// [`Input::Describe`]); a client change also left a
+    /// [`storage::changed_key`] marker for whoever derives state to clear.
+    Summary { document_id: DocumentId, summary: S },
+    /// The local edit with this ticket is durable (`Ok`) or failed.
+    EditDone {
+        ticket: u64,
+        result: Result<(), String>,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Our `senderId` in every message.
     pub server_peer_id: PeerId,
+    /// The actor of every change the server makes ([`Input::Edit`]).
+    pub server_actor: ActorId,
     /// A document nobody has open is dropped from memory after this long.
     pub evict_after_ms: u64,
     /// Ask for compaction once a document has this many change chunks.
@@ -200,9 +249,10 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    pub fn new(server_peer_id: PeerId) -> Self {
+    pub fn new(server_peer_id: PeerId, server_actor: ActorId) -> Self {
         Self {
             server_peer_id,
+            server_actor,
             evict_after_ms: 60_000,
             compact_after_chunks: 64,
         }
@@ -233,10 +283,22 @@ struct Loaded<U> {
     /// Writes of changes applied in this round, issued as one write when the
     /// queue is empty: a document pays one flush per round, not per message.
     pending_writes: Vec<StorageWrite>,
-    /// Changes applied but not yet durable: who made them, which ones.
-    unacknowledged: Vec<(String, Vec<ChangeHash>)>,
+    /// Changes applied but not yet durable.
+    unacknowledged: Vec<Unacknowledged>,
     /// Peers owed a sync message once nothing is in flight.
     owed: HashSet<ConnectionId>,
+}
+
+struct Unacknowledged {
+    user_id: String,
+    changes: Vec<ChangeHash>,
+    ticket: Option<u64>,
+}
+
+enum Queued<U> {
+    Message(Arc<Connection<U>>, DocumentMessage),
+    Edit(LocalEdit),
+    Describe,
 }
 
 enum Slot<U> {
@@ -246,7 +308,7 @@ enum Slot<U> {
 
 struct DocumentSlot<U> {
     slot: Slot<U>,
-    queue: VecDeque<(Arc<Connection<U>>, DocumentMessage)>,
+    queue: VecDeque<Queued<U>>,
     last_active_ms: u64,
 }
 
@@ -282,7 +344,7 @@ impl<P: Policy> Engine<P> {
         self.documents.len()
     }
 
-    pub fn handle(&mut self, input: Input<P::User>, now_ms: u64) -> Vec<Effect> {
+    pub fn handle(&mut self, input: Input<P::User>, now_ms: u64) -> Vec<Effect<P::Summary>> {
         let mut effects = Vec::new();
         match input {
             Input::Message {
@@ -298,6 +360,12 @@ impl<P: Policy> Engine<P> {
             Input::WriteFailed { write, reason } => {
                 self.on_write_failed(write, &reason, &mut effects)
             }
+            Input::Edit { document_id, edit } => {
+                self.enqueue(document_id, Queued::Edit(edit), now_ms, &mut effects)
+            }
+            Input::Describe { document_id } => {
+                self.enqueue(document_id, Queued::Describe, now_ms, &mut effects)
+            }
             Input::Tick => self.evict_idle(now_ms),
         }
         effects
@@ -308,13 +376,28 @@ impl<P: Policy> Engine<P> {
         connection: Arc<Connection<P::User>>,
         message: DocumentMessage,
         now_ms: u64,
-        effects: &mut Vec<Effect>,
+        effects: &mut Vec<Effect<P::Summary>>,
     ) {
         let document_id = *message.document_id();
         self.connections
             .entry(connection.id)
             .or_default()
             .insert(document_id);
+        self.enqueue(
+            document_id,
+            Queued::Message(connection, message),
+            now_ms,
+            effects,
+        );
+    }
+
+    fn enqueue(
+        &mut self,
+        document_id: DocumentId,
+        item: Queued<P::User>,
+        now_ms: u64,
+        effects: &mut Vec<Effect<P::Summary>>,
+    ) {
         let entry = self
             .documents
             .entry(document_id)
@@ -325,7 +408,7 @@ impl<P: Policy> Engine<P> {
             });
         entry.last_active_ms = now_ms;
         let is_new_slot = matches!(entry.slot, Slot::Loading) && entry.queue.is_empty();
-        entry.queue.push_back((connection, message));
+        entry.queue.push_back(item);
         if is_new_slot {
             effects.push(Effect::Load { document_id });
             return;
@@ -338,7 +421,7 @@ impl<P: Policy> Engine<P> {
         document_id: DocumentId,
         result: Result<Option<Box<StoredDocument>>, String>,
         now_ms: u64,
-        effects: &mut Vec<Effect>,
+        effects: &mut Vec<Effect<P::Summary>>,
     ) {
         let Some(entry) = self.documents.get_mut(&document_id) else {
             return;
@@ -352,11 +435,23 @@ impl<P: Policy> Engine<P> {
                 // as if it did not (a `sync` would then overwrite it): close,
                 // and let the client's reconnect retry the load.
                 let entry = self.documents.remove(&document_id);
-                for (connection, _) in entry.into_iter().flat_map(|entry| entry.queue) {
-                    effects.push(Effect::Close {
-                        connection: connection.id,
-                        reason: format!("document {document_id} could not be loaded: {reason}"),
-                    });
+                for item in entry.into_iter().flat_map(|entry| entry.queue) {
+                    match item {
+                        Queued::Message(connection, _) => effects.push(Effect::Close {
+                            connection: connection.id,
+                            reason: format!("document {document_id} could not be loaded: {reason}"),
+                        }),
+                        Queued::Edit(LocalEdit {
+                            ticket: Some(ticket),
+                            ..
+                        }) => effects.push(Effect::EditDone {
+                            ticket,
+                            result: Err(format!(
+                                "document {document_id} could not be loaded: {reason}"
+                            )),
+                        }),
+                        Queued::Edit(_) | Queued::Describe => {}
+                    }
                 }
             }
             Ok(stored) => {
@@ -367,8 +462,10 @@ impl<P: Policy> Engine<P> {
                         .iter()
                         .filter(|key| key.contains("/c/"))
                         .count();
+                    let mut doc = stored.doc;
+                    doc.set_actor(self.config.server_actor.clone());
                     Existing {
-                        doc: stored.doc,
+                        doc,
                         creator: stored.creator,
                         meta_stored: true,
                         chunks_since_compaction: chunks,
@@ -394,7 +491,7 @@ impl<P: Policy> Engine<P> {
     /// Processes every queued message (unless a write is in flight), then
     /// either writes the changes they brought, as one write, or, with nothing
     /// to write, sends every peer what it is owed.
-    fn drain_queue(&mut self, document_id: DocumentId, effects: &mut Vec<Effect>) {
+    fn drain_queue(&mut self, document_id: DocumentId, effects: &mut Vec<Effect<P::Summary>>) {
         loop {
             let Some(entry) = self.documents.get_mut(&document_id) else {
                 return;
@@ -405,7 +502,7 @@ impl<P: Policy> Engine<P> {
             if loaded.write_in_flight.is_some() {
                 return;
             }
-            let Some((connection, message)) = entry.queue.pop_front() else {
+            let Some(item) = entry.queue.pop_front() else {
                 if loaded.pending_writes.is_empty() {
                     self.send_owed(document_id, effects);
                 } else {
@@ -420,10 +517,16 @@ impl<P: Policy> Engine<P> {
                 }
                 return;
             };
-            if !self.connections.contains_key(&connection.id) {
-                continue; // disconnected while its message waited
+            match item {
+                Queued::Message(connection, message) => {
+                    if !self.connections.contains_key(&connection.id) {
+                        continue; // disconnected while its message waited
+                    }
+                    self.process(document_id, connection, message, effects);
+                }
+                Queued::Edit(edit) => self.apply_edit(document_id, edit, effects),
+                Queued::Describe => self.describe(document_id, effects),
             }
-            self.process(document_id, connection, message, effects);
         }
     }
 
@@ -432,7 +535,7 @@ impl<P: Policy> Engine<P> {
         document_id: DocumentId,
         connection: Arc<Connection<P::User>>,
         message: DocumentMessage,
-        effects: &mut Vec<Effect>,
+        effects: &mut Vec<Effect<P::Summary>>,
     ) {
         match message {
             DocumentMessage::Request(message) => {
@@ -455,7 +558,7 @@ impl<P: Policy> Engine<P> {
         connection: Arc<Connection<P::User>>,
         message: DocMessage,
         is_request: bool,
-        effects: &mut Vec<Effect>,
+        effects: &mut Vec<Effect<P::Summary>>,
     ) {
         let server_peer_id = self.config.server_peer_id.clone();
         let unavailable = |connection: &Connection<P::User>| Effect::Send {
@@ -510,15 +613,10 @@ impl<P: Policy> Engine<P> {
             return;
         }
         if loaded.existing.is_none() {
-            loaded.existing = Some(Existing {
-                doc: Automerge::new(),
-                creator: self.policy.user_id(&connection.user).to_string(),
-                meta_stored: false,
-                chunks_since_compaction: 0,
-                peers: HashMap::new(),
-                stored_sync_states: HashMap::new(),
-                last_ephemeral: HashMap::new(),
-            });
+            loaded.existing = Some(Existing::new(
+                self.policy.user_id(&connection.user).to_string(),
+                &self.config.server_actor,
+            ));
         }
         let Some(existing) = loaded.existing.as_mut() else {
             return;
@@ -561,49 +659,20 @@ impl<P: Policy> Engine<P> {
         match verdict {
             Ok(changes) => {
                 let user_id = self.policy.user_id(&connection.user).to_string();
-                let writes = &mut loaded.pending_writes;
-                if !existing.meta_stored {
-                    writes.push(StorageWrite::Put {
-                        key: storage::meta_key(&document_id),
-                        value: existing.creator.clone().into_bytes(),
-                    });
-                    existing.meta_stored = true;
-                }
-                let mut chunk = Vec::new();
-                for change in &changes {
-                    chunk.extend_from_slice(change.raw_bytes());
-                }
-                writes.push(StorageWrite::Put {
-                    key: storage::change_chunk_key(&document_id, &changes[0].hash()),
-                    value: chunk,
-                });
-                loaded
-                    .unacknowledged
-                    .push((user_id, changes.iter().map(Change::hash).collect()));
-                loaded.owed.extend(existing.peers.keys().copied());
-                existing.chunks_since_compaction += 1;
-                if existing.chunks_since_compaction >= self.config.compact_after_chunks {
-                    existing.chunks_since_compaction = 0;
-                    effects.push(Effect::Compact { document_id });
-                }
-                // Whoever waited for this document gets it, if they may read it.
-                let view = DocumentView {
-                    id: &document_id,
-                    doc: &existing.doc,
-                    creator: &existing.creator,
-                };
-                for (id, waiting) in loaded.waiting.drain() {
-                    if self.policy.may_read(&waiting.user, view) {
-                        existing.peers.insert(
-                            id,
-                            Peer {
-                                connection: waiting,
-                                state: sync::State::new(),
-                            },
-                        );
-                        loaded.owed.insert(id);
-                    }
-                }
+                record_accepted(
+                    &self.policy,
+                    &self.config,
+                    loaded,
+                    document_id,
+                    Unacknowledged {
+                        user_id,
+                        changes: changes.iter().map(Change::hash).collect(),
+                        ticket: None,
+                    },
+                    &changes,
+                    true,
+                    effects,
+                );
             }
             Err(refusal) => {
                 existing.peers.remove(&connection.id);
@@ -630,12 +699,108 @@ impl<P: Policy> Engine<P> {
         }
     }
 
+    fn apply_edit(
+        &mut self,
+        document_id: DocumentId,
+        edit: LocalEdit,
+        effects: &mut Vec<Effect<P::Summary>>,
+    ) {
+        let Some(loaded) = loaded_mut(&mut self.documents, &document_id) else {
+            return;
+        };
+        let LocalEdit {
+            creator,
+            apply,
+            ticket,
+        } = edit;
+        let existing = loaded
+            .existing
+            .get_or_insert_with(|| Existing::new(creator, &self.config.server_actor));
+        let before = existing.doc.get_heads();
+        let mut transaction = existing.doc.transaction();
+        let outcome = apply(&mut transaction);
+        match outcome {
+            Ok(()) => {
+                transaction.commit();
+            }
+            Err(error) => {
+                transaction.rollback();
+                if !existing.meta_stored {
+                    loaded.existing = None;
+                }
+                if let Some(ticket) = ticket {
+                    effects.push(Effect::EditDone {
+                        ticket,
+                        result: Err(error.to_string()),
+                    });
+                }
+                return;
+            }
+        }
+        let changes = existing.doc.get_changes(&before);
+        if changes.is_empty() {
+            if !existing.meta_stored {
+                loaded.existing = None;
+            }
+            // Nothing new, but an earlier change this round may still be on
+            // its way to the disk: answer once it is.
+            if let Some(ticket) = ticket {
+                if loaded.pending_writes.is_empty() {
+                    effects.push(Effect::EditDone {
+                        ticket,
+                        result: Ok(()),
+                    });
+                } else {
+                    loaded.unacknowledged.push(Unacknowledged {
+                        user_id: String::new(),
+                        changes: Vec::new(),
+                        ticket: Some(ticket),
+                    });
+                }
+            }
+            return;
+        }
+        record_accepted(
+            &self.policy,
+            &self.config,
+            loaded,
+            document_id,
+            Unacknowledged {
+                user_id: SERVER_USER.to_string(),
+                changes: changes.iter().map(Change::hash).collect(),
+                ticket,
+            },
+            &changes,
+            false,
+            effects,
+        );
+    }
+
+    fn describe(&mut self, document_id: DocumentId, effects: &mut Vec<Effect<P::Summary>>) {
+        let Some(existing) =
+            loaded_mut(&mut self.documents, &document_id).and_then(|l| l.existing.as_ref())
+        else {
+            return;
+        };
+        let view = DocumentView {
+            id: &document_id,
+            doc: &existing.doc,
+            creator: &existing.creator,
+        };
+        if let Some(summary) = self.policy.summarize(view) {
+            effects.push(Effect::Summary {
+                document_id,
+                summary,
+            });
+        }
+    }
+
     fn relay_ephemeral(
         &mut self,
         document_id: DocumentId,
         connection: &Connection<P::User>,
         message: Ephemeral,
-        effects: &mut Vec<Effect>,
+        effects: &mut Vec<Effect<P::Summary>>,
     ) {
         let Some(existing) =
             loaded_mut(&mut self.documents, &document_id).and_then(|l| l.existing.as_mut())
@@ -675,7 +840,7 @@ impl<P: Policy> Engine<P> {
     }
 
     /// Sends every owed peer what it lacks, now that nothing is in flight.
-    fn send_owed(&mut self, document_id: DocumentId, effects: &mut Vec<Effect>) {
+    fn send_owed(&mut self, document_id: DocumentId, effects: &mut Vec<Effect<P::Summary>>) {
         let Some(loaded) = loaded_mut(&mut self.documents, &document_id) else {
             return;
         };
@@ -711,7 +876,7 @@ impl<P: Policy> Engine<P> {
         }
     }
 
-    fn on_written(&mut self, write: WriteId, _now_ms: u64, effects: &mut Vec<Effect>) {
+    fn on_written(&mut self, write: WriteId, _now_ms: u64, effects: &mut Vec<Effect<P::Summary>>) {
         let Some(document_id) = self.writes.remove(&write) else {
             return;
         };
@@ -722,17 +887,35 @@ impl<P: Policy> Engine<P> {
             return;
         }
         loaded.write_in_flight = None;
-        for (user_id, changes) in loaded.unacknowledged.drain(..) {
-            effects.push(Effect::DocumentChanged {
-                document_id,
-                user_id,
-                changes,
-            });
+        let mut changed = false;
+        for accepted in loaded.unacknowledged.drain(..) {
+            if let Some(ticket) = accepted.ticket {
+                effects.push(Effect::EditDone {
+                    ticket,
+                    result: Ok(()),
+                });
+            }
+            if !accepted.changes.is_empty() {
+                changed = true;
+                effects.push(Effect::DocumentChanged {
+                    document_id,
+                    user_id: accepted.user_id,
+                    changes: accepted.changes,
+                });
+            }
+        }
+        if changed {
+            self.describe(document_id, effects);
         }
         self.drain_queue(document_id, effects);
     }
 
-    fn on_write_failed(&mut self, write: WriteId, reason: &str, effects: &mut Vec<Effect>) {
+    fn on_write_failed(
+        &mut self,
+        write: WriteId,
+        reason: &str,
+        effects: &mut Vec<Effect<P::Summary>>,
+    ) {
         let Some(document_id) = self.writes.remove(&write) else {
             return;
         };
@@ -742,12 +925,19 @@ impl<P: Policy> Engine<P> {
         let Some(entry) = self.documents.remove(&document_id) else {
             return;
         };
-        let mut to_close: HashSet<ConnectionId> = entry
-            .queue
-            .iter()
-            .map(|(connection, _)| connection.id)
-            .collect();
+        let mut to_close = HashSet::new();
+        let mut tickets = Vec::new();
+        for item in &entry.queue {
+            match item {
+                Queued::Message(connection, _) => {
+                    to_close.insert(connection.id);
+                }
+                Queued::Edit(edit) => tickets.extend(edit.ticket),
+                Queued::Describe => {}
+            }
+        }
         if let Slot::Loaded(loaded) = entry.slot {
+            tickets.extend(loaded.unacknowledged.iter().filter_map(|a| a.ticket));
             to_close.extend(loaded.waiting.keys());
             if let Some(existing) = loaded.existing {
                 to_close.extend(existing.peers.keys());
@@ -759,9 +949,17 @@ impl<P: Policy> Engine<P> {
                 reason: format!("the server could not store changes to {document_id}: {reason}"),
             });
         }
+        for ticket in tickets {
+            effects.push(Effect::EditDone {
+                ticket,
+                result: Err(format!(
+                    "the server could not store changes to {document_id}: {reason}"
+                )),
+            });
+        }
     }
 
-    fn on_disconnect(&mut self, connection: ConnectionId, effects: &mut Vec<Effect>) {
+    fn on_disconnect(&mut self, connection: ConnectionId, effects: &mut Vec<Effect<P::Summary>>) {
         let Some(documents) = self.connections.remove(&connection) else {
             return;
         };
@@ -813,6 +1011,93 @@ impl<P: Policy> Engine<P> {
                     .is_none_or(|existing| existing.peers.is_empty());
             !(idle && now_ms.saturating_sub(entry.last_active_ms) >= evict_after)
         });
+    }
+}
+
+/// The user id recorded for changes the server makes itself.
+pub const SERVER_USER: &str = "server";
+
+impl<U> Existing<U> {
+    fn new(creator: String, server_actor: &ActorId) -> Self {
+        let mut doc = Automerge::new();
+        doc.set_actor(server_actor.clone());
+        Self {
+            doc,
+            creator,
+            meta_stored: false,
+            chunks_since_compaction: 0,
+            peers: HashMap::new(),
+            stored_sync_states: HashMap::new(),
+            last_ephemeral: HashMap::new(),
+        }
+    }
+}
+
+/// Queues the writes of changes just applied (`changes`, made by
+/// `accepted.user_id`): they are stored with the round's one write, and
+/// acknowledged to peers, and to whoever waited for the document, only
+/// once durable. A client's changes also leave a marker that derived state
+/// is pending.
+#[allow(clippy::too_many_arguments)]
+fn record_accepted<P: Policy>(
+    policy: &P,
+    config: &EngineConfig,
+    loaded: &mut Loaded<P::User>,
+    document_id: DocumentId,
+    accepted: Unacknowledged,
+    changes: &[Change],
+    from_client: bool,
+    effects: &mut Vec<Effect<P::Summary>>,
+) {
+    let Some(existing) = loaded.existing.as_mut() else {
+        return;
+    };
+    let writes = &mut loaded.pending_writes;
+    if !existing.meta_stored {
+        writes.push(StorageWrite::Put {
+            key: storage::meta_key(&document_id),
+            value: existing.creator.clone().into_bytes(),
+        });
+        existing.meta_stored = true;
+    }
+    let mut chunk = Vec::new();
+    for change in changes {
+        chunk.extend_from_slice(change.raw_bytes());
+    }
+    writes.push(StorageWrite::Put {
+        key: storage::change_chunk_key(&document_id, &changes[0].hash()),
+        value: chunk,
+    });
+    if from_client {
+        writes.push(StorageWrite::Put {
+            key: storage::changed_key(&document_id),
+            value: Vec::new(),
+        });
+    }
+    loaded.unacknowledged.push(accepted);
+    loaded.owed.extend(existing.peers.keys().copied());
+    existing.chunks_since_compaction += 1;
+    if existing.chunks_since_compaction >= config.compact_after_chunks {
+        existing.chunks_since_compaction = 0;
+        effects.push(Effect::Compact { document_id });
+    }
+    // Whoever waited for this document gets it, if they may read it.
+    let view = DocumentView {
+        id: &document_id,
+        doc: &existing.doc,
+        creator: &existing.creator,
+    };
+    for (id, waiting) in loaded.waiting.drain() {
+        if policy.may_read(&waiting.user, view) {
+            existing.peers.insert(
+                id,
+                Peer {
+                    connection: waiting,
+                    state: sync::State::new(),
+                },
+            );
+            loaded.owed.insert(id);
+        }
     }
 }
 

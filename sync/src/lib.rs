@@ -25,8 +25,8 @@ pub mod storage;
 pub mod wire;
 
 pub use engine::{
-    Connection, ConnectionId, DocumentMessage, DocumentView, Effect, Engine, EngineConfig, Input,
-    Policy, Refusal, WriteId,
+    Connection, ConnectionId, DocumentMessage, DocumentView, EditFn, Effect, Engine, EngineConfig,
+    Input, LocalEdit, Policy, Refusal, SERVER_USER, WriteId,
 };
 pub use ids::{DocumentId, InvalidDocumentId, PeerId, StorageId};
 pub use messages::*;

@@ -39,6 +39,14 @@ pub fn snapshot_key(id: &DocumentId, name: &str) -> String {
     format!("doc/{id}/s/{name}")
 }
 
+/// Marks a document whose derived state (indexes, counts) may lag behind its
+/// stored changes; outside `doc/`, so loads never see it.
+pub const CHANGED_PREFIX: &str = "changed/";
+
+pub fn changed_key(id: &DocumentId) -> String {
+    format!("{CHANGED_PREFIX}{id}")
+}
+
 pub fn sync_state_key(id: &DocumentId, storage_id: &StorageId) -> String {
     format!("doc/{id}/sync/{storage_id}")
 }

@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
-use automerge::{Automerge, ChangeHash, ROOT, ReadDoc};
+use automerge::{ActorId, Automerge, ChangeHash, ROOT, ReadDoc};
 use backchannel_sync::storage::{self, StorageWrite};
 use backchannel_sync::{
     Connection, ConnectionId, DocMessage, DocumentId, DocumentMessage, DocumentView, Effect,
-    Engine, EngineConfig, Ephemeral, Input, Message, PeerId, Policy, Refusal, StorageId, WriteId,
+    Engine, EngineConfig, Ephemeral, Input, LocalEdit, Message, PeerId, Policy, Refusal, StorageId,
+    WriteId,
 };
 
 /// Test rules: a document is readable by its creator, and by everyone once
@@ -21,6 +22,8 @@ struct TestPolicy;
 
 impl Policy for TestPolicy {
     type User = String;
+    /// The number of keys at the document's root.
+    type Summary = usize;
 
     fn user_id<'a>(&self, user: &'a String) -> &'a str {
         user
@@ -44,6 +47,10 @@ impl Policy for TestPolicy {
             _ => Ok(()),
         }
     }
+
+    fn summarize(&self, document: DocumentView<'_>) -> Option<usize> {
+        Some(document.doc.keys(ROOT).count())
+    }
 }
 
 struct Client {
@@ -62,7 +69,7 @@ struct World {
     /// When false, writes wait in `held_writes` until `release_writes`.
     writes_are_durable_at_once: bool,
     held_writes: Vec<(WriteId, Vec<StorageWrite>)>,
-    log: Vec<Effect>,
+    log: Vec<Effect<usize>>,
 }
 
 const SERVER: &str = "server";
@@ -73,7 +80,7 @@ fn doc_id(n: u8) -> DocumentId {
 
 impl World {
     fn new() -> Self {
-        let mut config = EngineConfig::new(PeerId::new(SERVER));
+        let mut config = EngineConfig::new(PeerId::new(SERVER), ActorId::from([0xee; 16]));
         config.evict_after_ms = 1_000;
         config.compact_after_chunks = 3;
         Self {
@@ -187,7 +194,7 @@ impl World {
         let mut inputs = vec![input];
         while let Some(input) = inputs.pop() {
             for effect in self.engine.handle(input, self.now) {
-                self.log.push(clone_effect(&effect));
+                self.log.push(effect.clone());
                 match effect {
                     Effect::Send {
                         connection,
@@ -232,7 +239,9 @@ impl World {
                         }
                     },
                     Effect::Compact { document_id } => self.compact(document_id),
-                    Effect::DocumentChanged { .. } => {}
+                    Effect::DocumentChanged { .. }
+                    | Effect::Summary { .. }
+                    | Effect::EditDone { .. } => {}
                 }
             }
         }
@@ -330,38 +339,20 @@ impl World {
     }
 }
 
-fn clone_effect(effect: &Effect) -> Effect {
-    match effect {
-        Effect::Send {
-            connection,
-            message,
-        } => Effect::Send {
-            connection: *connection,
-            message: message.clone(),
-        },
-        Effect::Close { connection, reason } => Effect::Close {
-            connection: *connection,
-            reason: reason.clone(),
-        },
-        Effect::Load { document_id } => Effect::Load {
-            document_id: *document_id,
-        },
-        Effect::Write { write, writes } => Effect::Write {
-            write: *write,
-            writes: writes.clone(),
-        },
-        Effect::Compact { document_id } => Effect::Compact {
-            document_id: *document_id,
-        },
-        Effect::DocumentChanged {
-            document_id,
-            user_id,
-            changes,
-        } => Effect::DocumentChanged {
-            document_id: *document_id,
-            user_id: user_id.clone(),
-            changes: changes.clone(),
-        },
+fn server_edit(key: &'static str, value: i64, ticket: u64) -> LocalEdit {
+    LocalEdit {
+        creator: SERVER.to_string(),
+        apply: Box::new(move |tx| {
+            tx.put(ROOT, key, value)?;
+            tx.put(ROOT, "public", true)
+        }),
+        ticket: Some(ticket),
+    }
+}
+
+impl World {
+    fn effects_matching(&self, wanted: impl Fn(&Effect<usize>) -> bool) -> Vec<&Effect<usize>> {
+        self.log.iter().filter(|effect| wanted(effect)).collect()
     }
 }
 
@@ -748,4 +739,103 @@ fn changes_that_arrive_during_a_write_share_the_next_write() {
         assert_eq!(world.value(client, doc_id(1), "laptop"), Some(1));
         assert_eq!(world.value(client, doc_id(1), "tablet"), Some(1));
     }
+}
+
+#[test]
+fn a_server_edit_creates_the_document_with_the_server_actor_and_answers_once_durable() {
+    let mut world = World::new();
+    world.writes_are_durable_at_once = false;
+    world.input(Input::Edit {
+        document_id: doc_id(1),
+        edit: server_edit("n", 5, 7),
+    });
+    let done = |world: &World| {
+        world
+            .effects_matching(|e| matches!(e, Effect::EditDone { ticket: 7, .. }))
+            .len()
+    };
+    assert_eq!(done(&world), 0, "not before the write is durable");
+    world.release_writes();
+    assert_eq!(done(&world), 1);
+    assert!(world.log.contains(&Effect::EditDone {
+        ticket: 7,
+        result: Ok(())
+    }));
+
+    let ada = world.connect("ada", None);
+    world.sync(ada, doc_id(1));
+    assert_eq!(world.value(ada, doc_id(1), "n"), Some(5));
+    let (doc, _) = &world.clients[ada].docs[&doc_id(1)];
+    let change = doc.get_changes(&[]).into_iter().next().unwrap();
+    assert_eq!(change.actor_id(), &ActorId::from([0xee; 16]));
+}
+
+#[test]
+fn a_server_edit_reaches_the_peers_that_have_the_document_open() {
+    let mut world = World::new();
+    world.input(Input::Edit {
+        document_id: doc_id(1),
+        edit: server_edit("n", 1, 1),
+    });
+    let ada = world.connect("ada", None);
+    world.sync(ada, doc_id(1));
+    world.input(Input::Edit {
+        document_id: doc_id(1),
+        edit: server_edit("n", 2, 2),
+    });
+    assert_eq!(world.value(ada, doc_id(1), "n"), Some(2));
+}
+
+#[test]
+fn an_edit_that_changes_nothing_is_answered_at_once_and_stores_nothing() {
+    let mut world = World::new();
+    world.input(Input::Edit {
+        document_id: doc_id(1),
+        edit: LocalEdit {
+            creator: SERVER.to_string(),
+            apply: Box::new(|_| Ok(())),
+            ticket: Some(3),
+        },
+    });
+    assert!(world.log.contains(&Effect::EditDone {
+        ticket: 3,
+        result: Ok(())
+    }));
+    assert!(world.stored_keys(doc_id(1)).is_empty());
+}
+
+#[test]
+fn durable_client_changes_are_summarized_and_leave_a_changed_marker() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 1);
+    world.edit(ada, doc_id(1), "m", 1);
+    world.sync(ada, doc_id(1));
+    assert!(world.log.contains(&Effect::Summary {
+        document_id: doc_id(1),
+        summary: 2
+    }));
+    assert!(world.store.contains_key(&storage::changed_key(&doc_id(1))));
+}
+
+#[test]
+fn describe_summarizes_a_stored_document_after_loading_it() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 1);
+    world.sync(ada, doc_id(1));
+    world.disconnect(ada);
+    world.now += 5_000;
+    world.input(Input::Tick);
+    world.log.clear();
+    world.input(Input::Describe {
+        document_id: doc_id(1),
+    });
+    assert_eq!(
+        world.log.last(),
+        Some(&Effect::Summary {
+            document_id: doc_id(1),
+            summary: 1
+        })
+    );
 }

@@ -62,6 +62,9 @@ struct UserRecord {
     role: Role,
     created_at: u64,
     password_hash: String,
+    /// How and when members can reach this person (managers and hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    contact_card: Option<String>,
 }
 
 impl UserRecord {
@@ -165,6 +168,7 @@ impl Auth {
             role,
             created_at: now_millis(),
             password_hash,
+            contact_card: None,
         };
         let _guard = self.lock_writes();
         if self.store.get(&email_key(&normalized))?.is_some() {
@@ -214,6 +218,55 @@ impl Auth {
 
     pub fn user(&self, id: &str) -> Result<User, AuthError> {
         self.user_record(id).map(|record| record.to_user())
+    }
+
+    /// Every account with its contact card, in id order.
+    pub fn all_users(&self) -> Result<Vec<(User, Option<String>)>, AuthError> {
+        self.store
+            .scan_prefix(b"user/")?
+            .into_iter()
+            .map(|(key, bytes)| {
+                serde_json::from_slice::<UserRecord>(&bytes)
+                    .map(|record| (record.to_user(), record.contact_card))
+                    .map_err(|error| {
+                        AuthError::Store(StoreError::Corrupt {
+                            key: String::from_utf8_lossy(&key).into_owned(),
+                            reason: error.to_string(),
+                        })
+                    })
+            })
+            .collect()
+    }
+
+    /// Gives `id` a new role. The last manager cannot step down, so the
+    /// community always has someone who can change roles.
+    pub fn set_role(&self, id: &str, role: Role) -> Result<User, AuthError> {
+        let _guard = self.lock_writes();
+        let mut record = self.user_record(id)?;
+        if record.role == Role::Manager && role != Role::Manager {
+            let managers = self
+                .all_users()?
+                .iter()
+                .filter(|(user, _)| user.role == Role::Manager)
+                .count();
+            if managers <= 1 {
+                return Err(AuthError::LastManager);
+            }
+        }
+        record.role = role;
+        self.store.put(&user_key(id), &to_json(&record))?;
+        self.store.flush()?;
+        tracing::info!(user_id = %id, role = ?role, "role changed");
+        Ok(record.to_user())
+    }
+
+    pub fn set_contact_card(&self, id: &str, text: &str) -> Result<(), AuthError> {
+        let _guard = self.lock_writes();
+        let mut record = self.user_record(id)?;
+        record.contact_card = Some(text.to_string());
+        self.store.put(&user_key(id), &to_json(&record))?;
+        self.store.flush()?;
+        Ok(())
     }
 
     fn user_record(&self, id: &str) -> Result<UserRecord, AuthError> {

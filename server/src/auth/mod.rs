@@ -53,6 +53,8 @@ pub enum AuthError {
     RefreshTokenReused,
     #[error("no user with this id")]
     UserNotFound,
+    #[error("this is the community's last manager; make someone else a manager first")]
+    LastManager,
     #[error(transparent)]
     Store(#[from] StoreError),
 }

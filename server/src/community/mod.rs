@@ -1,7 +1,17 @@
-//! The community's rules over documents: who may read and who may write.
-//! Handlers and the sync bridge never decide access; this module does.
+//! The community's rules over documents: who may read and who may write,
+//! and what the server derives from them. Handlers and the sync hub never
+//! decide access; this module does.
 
-mod access;
+mod actors;
 mod fields;
+mod read;
+mod rules;
+mod schema;
+mod summary;
+mod write;
 
-pub use access::{AccessRules, SyncUser};
+pub use actors::{ActorBindings, SERVER_OWNER};
+pub use fields::At;
+pub use rules::{CommunityRules, SyncUser};
+pub use schema::{CONVERSATION_KINDS, CONVERSATION_STATES, DocFacts, DocType};
+pub use summary::{ConversationSummary, ItemSummary, PostSummary, Summary, summarize};

@@ -20,12 +20,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use automerge::ActorId;
+use automerge::transaction::Transaction;
 use backchannel_sync::handshake::ServerIdentity;
 use backchannel_sync::{
-    Connection, ConnectionId, DocumentMessage, Engine, EngineConfig, Input, PeerId, StorageId,
+    Connection, ConnectionId, DocumentId, DocumentMessage, Engine, EngineConfig, Input, LocalEdit,
+    PeerId, StorageId,
 };
 
-use crate::community::{AccessRules, SyncUser};
+use crate::community::{ActorBindings, CommunityRules, Summary, SyncUser};
 use crate::store::{Store, StoreError};
 use registry::Registry;
 pub use registry::{JoinRefused, Outbound, OutboundQueue};
@@ -34,8 +40,48 @@ const STORAGE_ID_KEY: &[u8] = b"server/storage-id";
 
 use shard::ShardCommand;
 
+/// Told each document's summary after durable changes (whatever derives
+/// state from documents).
+pub type SummarySink = Arc<dyn Fn(DocumentId, Summary) + Send + Sync>;
+
+type EditResult = Result<(), String>;
+
+/// Waiters for local edits, answered when the edit is durable.
+#[derive(Default)]
+pub struct EditTickets {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<EditResult>>>,
+}
+
+impl EditTickets {
+    fn issue(&self) -> (u64, tokio::sync::oneshot::Receiver<EditResult>) {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ticket, sender);
+        (ticket, receiver)
+    }
+
+    pub fn finish(&self, ticket: u64, result: EditResult) {
+        let waiter = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ticket);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(result);
+        }
+    }
+}
+
+/// A server edit: runs in the document's shard with the server's actor.
+pub use backchannel_sync::EditFn;
+
 pub struct SyncHub {
     identity: ServerIdentity,
+    tickets: Arc<EditTickets>,
     shards: Vec<mpsc::Sender<ShardCommand>>,
     registry: Arc<Registry>,
     next_connection: AtomicU64,
@@ -54,8 +100,20 @@ impl std::fmt::Debug for SyncHub {
 
 impl SyncHub {
     /// Starts the shard threads, the IO pool and the flusher over `store`.
-    pub fn start(store: Arc<dyn Store>, shard_count: usize) -> Result<Self, StoreError> {
+    pub fn start(
+        store: Arc<dyn Store>,
+        shard_count: usize,
+        summaries: SummarySink,
+    ) -> Result<Self, StoreError> {
         let identity = server_identity(store.as_ref())?;
+        let server_actor = server_actor(&identity);
+        let actors = ActorBindings::new(store.clone());
+        actors
+            .claim(&server_actor, crate::community::SERVER_OWNER)
+            .map_err(|error| {
+                StoreError::Backend(format!("the server's actor is not its own: {error:?}"))
+            })?;
+        let tickets = Arc::new(EditTickets::default());
         let registry = Arc::new(Registry::default());
         let flusher = io::Flusher::start(store.clone());
         let pool = io::IoPool::start(store.clone(), 2);
@@ -63,9 +121,14 @@ impl SyncHub {
         let mut threads = Vec::new();
         for index in 0..shard_count.max(1) {
             let (sender, receiver) = mpsc::channel();
-            let engine = Engine::new(EngineConfig::new(identity.peer_id.clone()), AccessRules);
+            let engine = Engine::new(
+                EngineConfig::new(identity.peer_id.clone(), server_actor.clone()),
+                CommunityRules::new(actors.clone()),
+            );
             let context = shard::ShardContext {
                 inbox: sender.clone(),
+                tickets: tickets.clone(),
+                summaries: summaries.clone(),
                 registry: registry.clone(),
                 flusher: flusher.handle(),
                 pool: pool.clone(),
@@ -82,6 +145,7 @@ impl SyncHub {
         tracing::info!(peer_id = %identity.peer_id, storage_id = %identity.storage_id, shards = shards.len(), "sync hub started");
         Ok(Self {
             identity,
+            tickets,
             shards,
             registry,
             next_connection: AtomicU64::new(1),
@@ -119,6 +183,77 @@ impl SyncHub {
         Ok(connection)
     }
 
+    /// Changes a document as the server (creating it, with `creator`, if it
+    /// is missing), without waiting.
+    pub fn edit(&self, document_id: DocumentId, creator: &str, apply: EditFn) {
+        self.send_edit(document_id, creator, apply, None);
+    }
+
+    /// Changes a document as the server and waits until the change is
+    /// durable (at once if it changed nothing).
+    pub async fn edit_durably(
+        &self,
+        document_id: DocumentId,
+        creator: &str,
+        apply: EditFn,
+    ) -> EditResult {
+        let (ticket, done) = self.tickets.issue();
+        self.send_edit(document_id, creator, apply, Some(ticket));
+        done.await
+            .unwrap_or_else(|_| Err("the sync hub stopped".to_string()))
+    }
+
+    /// Reads a document in its shard (`read` sees an empty document if it
+    /// does not exist).
+    pub async fn read<T: Send + 'static>(
+        &self,
+        document_id: DocumentId,
+        read: impl FnOnce(&Transaction<'_>) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.edit_durably(
+            document_id,
+            crate::community::SERVER_OWNER,
+            Box::new(move |tx| {
+                let _ = sender.send(read(tx));
+                Ok(())
+            }),
+        )
+        .await?;
+        receiver
+            .await
+            .map_err(|_| "the read did not run".to_string())
+    }
+
+    fn send_edit(
+        &self,
+        document_id: DocumentId,
+        creator: &str,
+        apply: EditFn,
+        ticket: Option<u64>,
+    ) {
+        let shard = self.shard_for(&document_id);
+        let edit = LocalEdit {
+            creator: creator.to_string(),
+            apply,
+            ticket,
+        };
+        if self.shards[shard]
+            .send(ShardCommand::Input(Input::Edit { document_id, edit }))
+            .is_err()
+            && let Some(ticket) = ticket
+        {
+            self.tickets
+                .finish(ticket, Err("the sync hub stopped".to_string()));
+        }
+    }
+
+    /// Asks for a document's summary again (after a restart).
+    pub fn describe(&self, document_id: DocumentId) {
+        let shard = self.shard_for(&document_id);
+        let _ = self.shards[shard].send(ShardCommand::Input(Input::Describe { document_id }));
+    }
+
     /// Hands a document message to the shard that owns the document.
     pub fn route(&self, connection: Arc<Connection<SyncUser>>, message: DocumentMessage) {
         let shard = self.shard_for(message.document_id());
@@ -141,6 +276,12 @@ impl SyncHub {
             |user| user.session_id == session_id,
             "the session has ended",
         );
+    }
+
+    /// Closes every live connection of a user (their role changed: their
+    /// client reconnects and every document is judged with the new role).
+    pub fn close_user(&self, user_id: &str, reason: &str) {
+        self.registry.close_where(|user| user.id == user_id, reason);
     }
 
     fn broadcast_disconnect(&self, connection: ConnectionId) {
@@ -177,6 +318,16 @@ impl SyncHub {
         {
             flusher.stop();
         }
+    }
+}
+
+/// The actor of the server's own changes: its storage id's 16 bytes, the same
+/// across restarts.
+fn server_actor(identity: &ServerIdentity) -> ActorId {
+    let text = identity.storage_id.to_string();
+    match uuid::Uuid::parse_str(&text) {
+        Ok(uuid) => ActorId::from(uuid.as_bytes().as_slice()),
+        Err(_) => ActorId::from(text.as_bytes()),
     }
 }
 

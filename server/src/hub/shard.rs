@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use backchannel_sync::{Effect, Engine, Input};
 
+use super::EditTickets;
 use super::io::{FlusherHandle, IoPool, WriteJob};
 use super::registry::Registry;
 use crate::auth::now_millis;
-use crate::community::{AccessRules, SyncUser};
+use crate::community::{CommunityRules, Summary, SyncUser};
 
 /// How often an idle shard wakes to evict idle documents.
 const TICK: Duration = Duration::from_secs(1);
@@ -25,10 +26,12 @@ pub struct ShardContext {
     pub registry: Arc<Registry>,
     pub flusher: FlusherHandle,
     pub pool: IoPool,
+    pub tickets: Arc<EditTickets>,
+    pub summaries: super::SummarySink,
 }
 
 pub fn run(
-    mut engine: Engine<AccessRules>,
+    mut engine: Engine<CommunityRules>,
     inbox: mpsc::Receiver<ShardCommand>,
     context: ShardContext,
 ) {
@@ -44,7 +47,7 @@ pub fn run(
     }
 }
 
-fn carry_out(effect: Effect, context: &ShardContext) {
+fn carry_out(effect: Effect<Summary>, context: &ShardContext) {
     match effect {
         Effect::Send {
             connection,
@@ -66,6 +69,18 @@ fn carry_out(effect: Effect, context: &ShardContext) {
             changes,
         } => {
             tracing::debug!(document = %document_id, user = %user_id, changes = changes.len(), "document changed");
+        }
+        Effect::Summary {
+            document_id,
+            summary,
+        } => {
+            (context.summaries)(document_id, summary);
+        }
+        Effect::EditDone { ticket, result } => {
+            if let Err(reason) = &result {
+                tracing::warn!(ticket, %reason, "a server edit failed");
+            }
+            context.tickets.finish(ticket, result);
         }
     }
 }

@@ -19,8 +19,9 @@ async fn register(
     body: web::Json<NewAccount>,
 ) -> Result<HttpResponse, ApiError> {
     let open_signup = state.settings.open_signup;
-    let signed_in =
-        web::block(move || state.auth.register(body.into_inner(), open_signup)).await??;
+    let auth = state.auth.clone();
+    let signed_in = web::block(move || auth.register(body.into_inner(), open_signup)).await??;
+    state.kept.user_changed(&signed_in.user.id);
     Ok(HttpResponse::Created().json(signed_in))
 }
 

@@ -3,10 +3,12 @@
 
 mod auth;
 mod health;
+mod manage;
 mod me;
 mod push;
 mod static_files;
 mod sync;
+mod team;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -28,6 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, json_body_bytes: usize) {
         web::scope("/api")
             .configure(auth::configure)
             .configure(me::configure)
+            .configure(team::configure)
+            .configure(manage::configure)
             .configure(push::configure)
             .default_service(web::to(api_not_found)),
     )

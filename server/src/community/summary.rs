@@ -1,0 +1,134 @@
+//! What the server derives from posts and conversations: enough to keep the
+//! index and inboxes, count needs and weekly figures, and decide who hears
+//! about what, without reloading the documents.
+
+use automerge::ROOT;
+use serde::{Deserialize, Serialize};
+
+use super::fields::At;
+use super::schema::{DocFacts, DocType};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Summary {
+    Post(PostSummary),
+    Conversation(ConversationSummary),
+}
+
+/// A reply or a message, without its words.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemSummary {
+    pub id: String,
+    pub author: String,
+    pub created_at: i64,
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostSummary {
+    pub author: String,
+    pub status: String,
+    pub title: String,
+    pub created_at: i64,
+    #[serde(default)]
+    pub anonymous: bool,
+    #[serde(default)]
+    pub locked: bool,
+    pub replies: Vec<ItemSummary>,
+}
+
+impl PostSummary {
+    pub fn is_published(&self) -> bool {
+        self.status == "published"
+    }
+
+    pub fn reply_count(&self) -> usize {
+        self.replies.iter().filter(|reply| !reply.deleted).count()
+    }
+
+    pub fn last_activity(&self) -> i64 {
+        self.replies
+            .iter()
+            .map(|reply| reply.created_at)
+            .fold(self.created_at, i64::max)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub kind: String,
+    pub opener: String,
+    pub members: Vec<String>,
+    pub subject: String,
+    pub created_at: i64,
+    pub state: String,
+    pub tags: Vec<String>,
+    pub assignee: Option<String>,
+    pub publish_consent: bool,
+    pub publish_anonymous: bool,
+    pub messages: Vec<ItemSummary>,
+}
+
+impl ConversationSummary {
+    /// The latest message's time and author (the opening if none).
+    pub fn last_activity(&self) -> (i64, String) {
+        self.messages
+            .iter()
+            .max_by_key(|message| message.created_at)
+            .filter(|message| message.created_at >= self.created_at)
+            .map(|message| (message.created_at, message.author.clone()))
+            .unwrap_or((self.created_at, self.opener.clone()))
+    }
+}
+
+fn items(at: At<'_>, list: &str) -> Vec<ItemSummary> {
+    at.map_items(&ROOT, list)
+        .into_iter()
+        .map(|item| ItemSummary {
+            id: at.text(&item, "id").unwrap_or_default(),
+            author: at.text(&item, "author").unwrap_or_default(),
+            created_at: at.millis(&item, "created_at").unwrap_or_default(),
+            deleted: at.boolean(&item, "deleted").unwrap_or(false),
+        })
+        .collect()
+}
+
+/// The summary of a post or a conversation as it is now.
+pub fn summarize(at: At<'_>) -> Option<Summary> {
+    let facts = DocFacts::read(at);
+    match facts.doc_type()? {
+        DocType::Post => Some(Summary::Post(PostSummary {
+            author: facts.author.unwrap_or_default(),
+            status: at.text(&ROOT, "status").unwrap_or_default(),
+            title: at.text(&ROOT, "title").unwrap_or_default(),
+            created_at: at.millis(&ROOT, "created_at").unwrap_or_default(),
+            anonymous: at.boolean(&ROOT, "anonymous").unwrap_or(false),
+            locked: facts.locked,
+            replies: items(at, "replies"),
+        })),
+        DocType::Conversation => {
+            let publish = at.object(&ROOT, "publish", automerge::ObjType::Map);
+            let flag = |key: &str| {
+                publish
+                    .as_ref()
+                    .and_then(|publish| at.boolean(publish, key))
+                    .unwrap_or(false)
+            };
+            Some(Summary::Conversation(ConversationSummary {
+                kind: at.text(&ROOT, "kind").unwrap_or_default(),
+                opener: facts.opener.unwrap_or_default(),
+                members: facts.members,
+                subject: at.text(&ROOT, "subject").unwrap_or_default(),
+                created_at: at.millis(&ROOT, "created_at").unwrap_or_default(),
+                state: at.text(&ROOT, "state").unwrap_or_default(),
+                tags: at.text_list(&ROOT, "tags").unwrap_or_default(),
+                assignee: at.text(&ROOT, "assignee"),
+                publish_consent: flag("consent"),
+                publish_anonymous: flag("anonymous"),
+                messages: items(at, "messages"),
+            }))
+        }
+        _ => None,
+    }
+}

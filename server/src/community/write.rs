@@ -1,0 +1,891 @@
+//! Who may change what: the write column of SPEC §5, judged change by change
+//! and op by op (see docs/RULES.md).
+//!
+//! | document          | write                                                        |
+//! |-------------------|--------------------------------------------------------------|
+//! | (no type yet)     | its creator: anything; setting `type` must make it valid     |
+//! | post, draft       | author: anything                                             |
+//! | post, published   | author: `title`, `body`, `status` → hidden; signed in: append |
+//! |                   | a reply as themselves (not when locked); a reply's author:   |
+//! |                   | its `body`, `deleted`; managers: `status`, `locked`, any     |
+//! |                   | reply's `deleted`                                            |
+//! | post, hidden      | managers: `status`                                           |
+//! | conversation      | readers: append a message as themselves; managers: `state`,  |
+//! |                   | `tags`, `assignee`, `members`; opener: `publish`, `subject`  |
+//! | drafts            | owner                                                        |
+//! | index, directory, inbox | the server only                                        |
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+
+use automerge::legacy::{self, ObjectId};
+use automerge::{ActorId, Automerge, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc};
+use backchannel_sync::Refusal;
+
+use super::SyncUser;
+use super::actors::{ActorBindings, ClaimError, SERVER_OWNER};
+use super::fields::At;
+use super::schema::{CONVERSATION_KINDS, CONVERSATION_STATES, DocFacts, DocType, PostStatus};
+use crate::auth::Role;
+
+const POST_FIELDS: [&str; 10] = [
+    "type",
+    "schema",
+    "author",
+    "created_at",
+    "status",
+    "title",
+    "body",
+    "locked",
+    "anonymous",
+    "replies",
+];
+const CONVERSATION_FIELDS: [&str; 13] = [
+    "type",
+    "schema",
+    "kind",
+    "opener",
+    "members",
+    "subject",
+    "about",
+    "created_at",
+    "messages",
+    "state",
+    "tags",
+    "assignee",
+    "publish",
+];
+const DRAFTS_FIELDS: [&str; 5] = ["type", "schema", "owner", "items", "mine"];
+const REPLY_FIELDS: [&str; 5] = ["id", "author", "created_at", "body", "deleted"];
+const MESSAGE_FIELDS: [&str; 4] = ["id", "author", "created_at", "body"];
+
+/// Root fields that never change once a document has its type.
+const IMMUTABLE_ROOT: [&str; 7] = [
+    "type",
+    "schema",
+    "author",
+    "opener",
+    "created_at",
+    "kind",
+    "owner",
+];
+
+fn refuse(rule: &str, detail: impl std::fmt::Display) -> Refusal {
+    Refusal::new(format!("rule {rule}: {detail}"))
+}
+
+/// Everything the judge needs besides the changes.
+pub struct WriteCheck<'a> {
+    pub doc: &'a Automerge,
+    pub user: &'a SyncUser,
+    pub creator: &'a str,
+    pub actors: &'a ActorBindings,
+}
+
+impl WriteCheck<'_> {
+    /// Judges `changes` (already applied to `doc`; its heads before them were
+    /// `before`). The first refusal wins.
+    pub fn check(&self, before: &[ChangeHash], changes: &[Change]) -> Result<(), Refusal> {
+        for change in changes {
+            match self.actors.claim(change.actor_id(), &self.user.id) {
+                Ok(()) => {}
+                Err(ClaimError::TakenBy(_)) => {
+                    return Err(refuse(
+                        "actor-binding",
+                        format!(
+                            "the actor {} belongs to another user",
+                            change.actor_id().to_hex_string()
+                        ),
+                    ));
+                }
+                Err(ClaimError::Store(error)) => {
+                    return Err(refuse(
+                        "actor-binding",
+                        format!("the server could not record the actor: {error}"),
+                    ));
+                }
+            }
+        }
+        for change in changes {
+            self.judge_change(change)?;
+        }
+        self.immutable_fields_kept(before)
+    }
+
+    fn role(&self) -> Role {
+        self.user.role
+    }
+
+    fn is_manager(&self) -> bool {
+        self.role() == Role::Manager
+    }
+
+    /// A safety net over the op rules: whatever the merge, a typed document's
+    /// identity fields read the same after the message as before it.
+    fn immutable_fields_kept(&self, before: &[ChangeHash]) -> Result<(), Refusal> {
+        let then = At::heads(self.doc, before);
+        if then.text(&ROOT, "type").is_none() {
+            return Ok(());
+        }
+        let now = At::now(self.doc);
+        for field in IMMUTABLE_ROOT {
+            let (old, new) = (then.get(&ROOT, field), now.get(&ROOT, field));
+            let same = match (&old, &new) {
+                (None, None) => true,
+                (Some(_), Some(_)) => {
+                    then.text(&ROOT, field) == now.text(&ROOT, field)
+                        && then.number(&ROOT, field) == now.number(&ROOT, field)
+                }
+                _ => false,
+            };
+            if !same {
+                return Err(refuse(
+                    "immutable-field",
+                    format!("`{field}` never changes"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn judge_change(&self, change: &Change) -> Result<(), Refusal> {
+        let deps = change.deps().to_vec();
+        let own = [change.hash()];
+        let seen = At::heads(self.doc, &deps);
+        let after = At::heads(self.doc, &own);
+        let facts = DocFacts::read(seen);
+        let Some(type_name) = facts.type_name.clone() else {
+            if self.creator != self.user.id {
+                return Err(refuse(
+                    "creator-only",
+                    "only its creator writes a document that has no type yet",
+                ));
+            }
+            if let Some(new_type) = after.text(&ROOT, "type") {
+                self.validate_new_document(&new_type, after)?;
+            }
+            return Ok(());
+        };
+        let Some(doc_type) = DocType::parse(&type_name) else {
+            return Err(refuse(
+                "unknown-type",
+                format!("unknown document type {type_name:?}"),
+            ));
+        };
+        if doc_type.is_server_kept() {
+            return Err(refuse(
+                "server-only",
+                format!("only the server writes the {}", doc_type.name()),
+            ));
+        }
+        let ops = DecodedOps::of(change)?;
+        let mut touched = Touched::default();
+        for (index, op) in ops.ops.iter().enumerate() {
+            if ops.targets_new_object(op) {
+                continue; // judged with the op that made its outermost new object
+            }
+            let place = ops.locate(self.doc, op)?;
+            match doc_type {
+                DocType::Post => self.judge_post_op(&facts, seen, &place, op, &mut touched)?,
+                DocType::Conversation => {
+                    self.judge_conversation_op(&facts, &place, op, &mut touched)?
+                }
+                DocType::Drafts => self.judge_drafts_op(&facts, &place)?,
+                DocType::Index | DocType::Directory | DocType::Inbox => {}
+            }
+            if !place.is_flag_field(doc_type) {
+                self.own_words_only(op)?;
+            }
+            if let Some(new_object) = ops.created_object(self.doc, index, op)? {
+                touched.new_objects.push((place.clone(), new_object));
+            }
+        }
+        self.validate_touched(doc_type, &facts, after, &touched)
+    }
+
+    /// Nobody overwrites or deletes what another user wrote.
+    fn own_words_only(&self, op: &legacy::Op) -> Result<(), Refusal> {
+        for pred in op.pred.iter() {
+            let owner = self
+                .actors
+                .owner(pred.actor())
+                .map_err(|error| refuse("others-words", error))?;
+            match owner.as_deref() {
+                Some(owner) if owner == self.user.id || owner == SERVER_OWNER => {}
+                _ => {
+                    return Err(refuse(
+                        "others-words",
+                        "nobody edits or removes another person's words",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn judge_post_op(
+        &self,
+        facts: &DocFacts,
+        seen: At<'_>,
+        place: &Place,
+        op: &legacy::Op,
+        touched: &mut Touched,
+    ) -> Result<(), Refusal> {
+        let field = place.root_key()?;
+        if IMMUTABLE_ROOT.contains(&field) {
+            return Err(refuse(
+                "immutable-field",
+                format!("`{field}` never changes"),
+            ));
+        }
+        if !POST_FIELDS.contains(&field) {
+            return Err(refuse("unknown-field", format!("a post has no `{field}`")));
+        }
+        let is_author = facts.author.as_deref() == Some(self.user.id.as_str());
+        touched.root.insert(field.to_string());
+        match facts.status {
+            Some(PostStatus::Draft) | None => {
+                return if is_author {
+                    Ok(())
+                } else {
+                    Err(refuse("author-only", "only its author writes a draft post"))
+                };
+            }
+            Some(PostStatus::Hidden) => {
+                return if self.is_manager() && field == "status" {
+                    Ok(())
+                } else {
+                    Err(refuse(
+                        "hidden-post",
+                        "only managers change a hidden post, and only its `status`",
+                    ))
+                };
+            }
+            Some(PostStatus::Published) => {}
+        }
+        match field {
+            "title" | "body" if is_author => Ok(()),
+            "title" | "body" => Err(refuse(
+                "author-only",
+                format!("only the post's author edits its `{field}`"),
+            )),
+            "status" if is_author || self.is_manager() => Ok(()),
+            "locked" if self.is_manager() => Ok(()),
+            "status" | "locked" => Err(refuse(
+                "managers-only",
+                format!("only managers (and the author, to hide it) set `{field}`"),
+            )),
+            "anonymous" => Err(refuse(
+                "draft-only",
+                "`anonymous` is chosen before the post is published",
+            )),
+            "replies" => self.judge_reply_op(facts, seen, place, op, touched),
+            _ => Err(refuse("unknown-field", format!("a post has no `{field}`"))),
+        }
+    }
+
+    fn judge_reply_op(
+        &self,
+        facts: &DocFacts,
+        seen: At<'_>,
+        place: &Place,
+        op: &legacy::Op,
+        touched: &mut Touched,
+    ) -> Result<(), Refusal> {
+        match place.depth() {
+            1 => Err(refuse("append-only", "the replies list is never replaced")),
+            2 if op.insert && matches!(op.action, legacy::OpType::Make(ObjType::Map)) => {
+                if facts.locked {
+                    Err(refuse("locked", "the post is locked: no new replies"))
+                } else {
+                    Ok(())
+                }
+            }
+            2 => Err(refuse(
+                "append-only",
+                "replies are appended, never deleted or replaced",
+            )),
+            _ => {
+                let reply = place.objects[2].clone();
+                let field = place.key_at(2).unwrap_or("");
+                let reply_author = seen.text(&reply, "author");
+                let is_reply_author = reply_author.as_deref() == Some(self.user.id.as_str());
+                match field {
+                    "body" if is_reply_author => Ok(()),
+                    "deleted" if is_reply_author || self.is_manager() => {
+                        touched.reply_flags.push(reply);
+                        Ok(())
+                    }
+                    "body" | "deleted" => Err(refuse(
+                        "reply-author-only",
+                        format!("only a reply's author changes its `{field}`"),
+                    )),
+                    "id" | "author" | "created_at" => Err(refuse(
+                        "immutable-field",
+                        format!("a reply's `{field}` never changes"),
+                    )),
+                    _ => Err(refuse("unknown-field", format!("a reply has no `{field}`"))),
+                }
+            }
+        }
+    }
+
+    fn judge_conversation_op(
+        &self,
+        facts: &DocFacts,
+        place: &Place,
+        op: &legacy::Op,
+        touched: &mut Touched,
+    ) -> Result<(), Refusal> {
+        if !self.is_manager() && !facts.is_member(&self.user.id) {
+            return Err(refuse(
+                "members-only",
+                "only the conversation's members and managers write to it",
+            ));
+        }
+        let field = place.root_key()?;
+        if IMMUTABLE_ROOT.contains(&field) || field == "about" {
+            return Err(refuse(
+                "immutable-field",
+                format!("`{field}` never changes"),
+            ));
+        }
+        if !CONVERSATION_FIELDS.contains(&field) {
+            return Err(refuse(
+                "unknown-field",
+                format!("a conversation has no `{field}`"),
+            ));
+        }
+        touched.root.insert(field.to_string());
+        let is_opener = facts.opener.as_deref() == Some(self.user.id.as_str());
+        match field {
+            "messages" => match place.depth() {
+                2 if op.insert && matches!(op.action, legacy::OpType::Make(ObjType::Map)) => Ok(()),
+                1 | 2 => Err(refuse(
+                    "append-only",
+                    "messages are appended, never deleted or replaced",
+                )),
+                _ => Err(refuse(
+                    "append-only",
+                    "a message cannot be changed once sent",
+                )),
+            },
+            "state" | "tags" | "assignee" | "members" if self.is_manager() => Ok(()),
+            "state" | "tags" | "assignee" | "members" => Err(refuse(
+                "managers-only",
+                format!("only managers set a conversation's `{field}`"),
+            )),
+            "subject" | "publish" if is_opener => Ok(()),
+            _ => Err(refuse(
+                "opener-only",
+                format!("only the conversation's opener sets `{field}`"),
+            )),
+        }
+    }
+
+    fn judge_drafts_op(&self, facts: &DocFacts, place: &Place) -> Result<(), Refusal> {
+        if facts.owner.as_deref() != Some(self.user.id.as_str()) {
+            return Err(refuse(
+                "owner-only",
+                "only its owner writes a drafts document",
+            ));
+        }
+        let field = place.root_key()?;
+        if IMMUTABLE_ROOT.contains(&field) {
+            return Err(refuse(
+                "immutable-field",
+                format!("`{field}` never changes"),
+            ));
+        }
+        if !DRAFTS_FIELDS.contains(&field) {
+            return Err(refuse(
+                "unknown-field",
+                format!("a drafts document has no `{field}`"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The values a change left in the fields it touched, read after it.
+    fn validate_touched(
+        &self,
+        doc_type: DocType,
+        facts: &DocFacts,
+        after: At<'_>,
+        touched: &Touched,
+    ) -> Result<(), Refusal> {
+        for (place, object) in &touched.new_objects {
+            let field = place.key_at(0).unwrap_or("");
+            if place.depth() == 2 && field == "replies" && doc_type == DocType::Post {
+                self.validate_item(after, object, &REPLY_FIELDS, "reply")?;
+            }
+            if place.depth() == 2 && field == "messages" && doc_type == DocType::Conversation {
+                self.validate_item(after, object, &MESSAGE_FIELDS, "message")?;
+            }
+        }
+        for reply in &touched.reply_flags {
+            if after.get(reply, "deleted").is_some() && after.boolean(reply, "deleted").is_none() {
+                return Err(refuse("invalid-value", "a reply's `deleted` is a boolean"));
+            }
+        }
+        for field in &touched.root {
+            match (doc_type, field.as_str()) {
+                (DocType::Post, "status") => self.validate_status_move(facts, after)?,
+                (DocType::Post, "title" | "body") | (DocType::Conversation, "subject") => {
+                    require(after.text(&ROOT, field.as_str()).is_some(), field, "text")?
+                }
+                (DocType::Post, "locked" | "anonymous") => require(
+                    after.get(&ROOT, field.as_str()).is_none()
+                        || after.boolean(&ROOT, field.as_str()).is_some(),
+                    field,
+                    "a boolean",
+                )?,
+                (DocType::Post, "replies") | (DocType::Conversation, "messages") => require(
+                    after.object(&ROOT, field.as_str(), ObjType::List).is_some(),
+                    field,
+                    "a list",
+                )?,
+                (DocType::Conversation, "state") => require(
+                    after
+                        .text(&ROOT, "state")
+                        .is_some_and(|state| CONVERSATION_STATES.contains(&state.as_str())),
+                    field,
+                    "open or resolved",
+                )?,
+                (DocType::Conversation, "tags" | "members") => require(
+                    after.text_list(&ROOT, field.as_str()).is_some(),
+                    field,
+                    "a list of text",
+                )?,
+                (DocType::Conversation, "assignee") => require(
+                    after.get(&ROOT, "assignee").is_none()
+                        || after.text(&ROOT, "assignee").is_some(),
+                    field,
+                    "a user id",
+                )?,
+                (DocType::Conversation, "publish") => valid_publish(after)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_status_move(&self, facts: &DocFacts, after: At<'_>) -> Result<(), Refusal> {
+        let new = after
+            .text(&ROOT, "status")
+            .as_deref()
+            .and_then(PostStatus::parse)
+            .ok_or_else(|| refuse("invalid-value", "`status` is draft, published or hidden"))?;
+        if Some(new) == facts.status {
+            return Ok(());
+        }
+        let allowed = match facts.status {
+            Some(PostStatus::Draft) | None => {
+                matches!(new, PostStatus::Draft | PostStatus::Published)
+            }
+            Some(PostStatus::Published | PostStatus::Hidden) if self.is_manager() => {
+                matches!(new, PostStatus::Published | PostStatus::Hidden)
+            }
+            Some(PostStatus::Published) => new == PostStatus::Hidden,
+            Some(PostStatus::Hidden) => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(refuse(
+                "status-move",
+                format!("{:?} → {new:?} is not allowed for this user", facts.status),
+            ))
+        }
+    }
+
+    /// A new reply or message: exactly its fields, written by its sender.
+    fn validate_item(
+        &self,
+        after: At<'_>,
+        item: &ObjId,
+        fields: &[&str],
+        what: &str,
+    ) -> Result<(), Refusal> {
+        for key in after.keys(item) {
+            if !fields.contains(&key.as_str()) {
+                return Err(refuse("unknown-field", format!("a {what} has no `{key}`")));
+            }
+        }
+        if after.text(item, "author").as_deref() != Some(self.user.id.as_str()) {
+            return Err(refuse(
+                "own-name-only",
+                format!("a {what}'s `author` must be the user who writes it"),
+            ));
+        }
+        if after.text(item, "id").is_none_or(|id| id.is_empty()) {
+            return Err(refuse("invalid-value", format!("a {what} needs an `id`")));
+        }
+        if after.number(item, "created_at").is_none() {
+            return Err(refuse(
+                "invalid-value",
+                format!("a {what}'s `created_at` is a number"),
+            ));
+        }
+        if after.text(item, "body").is_none() {
+            return Err(refuse(
+                "invalid-value",
+                format!("a {what}'s `body` is text"),
+            ));
+        }
+        if after.get(item, "deleted").is_some() && after.boolean(item, "deleted").is_none() {
+            return Err(refuse(
+                "invalid-value",
+                format!("a {what}'s `deleted` is a boolean"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The change that gives a document its type must leave it valid.
+    fn validate_new_document(&self, type_name: &str, after: At<'_>) -> Result<(), Refusal> {
+        let Some(doc_type) = DocType::parse(type_name) else {
+            return Err(refuse(
+                "unknown-type",
+                format!("unknown document type {type_name:?}"),
+            ));
+        };
+        if doc_type.is_server_kept() {
+            return Err(refuse(
+                "server-only",
+                format!("only the server creates the {}", doc_type.name()),
+            ));
+        }
+        let fields: &[&str] = match doc_type {
+            DocType::Post => &POST_FIELDS,
+            DocType::Conversation => &CONVERSATION_FIELDS,
+            _ => &DRAFTS_FIELDS,
+        };
+        for key in after.keys(&ROOT) {
+            if !fields.contains(&key.as_str()) {
+                return Err(refuse(
+                    "unknown-field",
+                    format!("a {type_name} has no `{key}`"),
+                ));
+            }
+        }
+        require(after.number(&ROOT, "schema") == Some(1.0), "schema", "1")?;
+        let me = Some(self.user.id.as_str());
+        match doc_type {
+            DocType::Post => {
+                require(
+                    after.text(&ROOT, "author").as_deref() == me,
+                    "author",
+                    "its creator",
+                )?;
+                require(
+                    after.number(&ROOT, "created_at").is_some(),
+                    "created_at",
+                    "a number",
+                )?;
+                require(
+                    matches!(
+                        after.text(&ROOT, "status").as_deref(),
+                        Some("draft" | "published")
+                    ),
+                    "status",
+                    "draft or published",
+                )?;
+                require(after.text(&ROOT, "title").is_some(), "title", "text")?;
+                require(after.text(&ROOT, "body").is_some(), "body", "text")?;
+                for field in ["locked", "anonymous"] {
+                    require(
+                        after.get(&ROOT, field).is_none() || after.boolean(&ROOT, field).is_some(),
+                        field,
+                        "a boolean",
+                    )?;
+                }
+                require(
+                    after.object(&ROOT, "replies", ObjType::List).is_some(),
+                    "replies",
+                    "a list",
+                )?;
+                for reply in after.map_items(&ROOT, "replies") {
+                    self.validate_item(after, &reply, &REPLY_FIELDS, "reply")?;
+                }
+            }
+            DocType::Conversation => {
+                require(
+                    after.text(&ROOT, "opener").as_deref() == me,
+                    "opener",
+                    "its creator",
+                )?;
+                require(
+                    after
+                        .text(&ROOT, "kind")
+                        .is_some_and(|kind| CONVERSATION_KINDS.contains(&kind.as_str())),
+                    "kind",
+                    "question, report, flag, idea, story or direct",
+                )?;
+                let members = after.text_list(&ROOT, "members");
+                if self.is_manager() {
+                    require(members.is_some(), "members", "a list of user ids")?;
+                } else {
+                    require(
+                        members == Some(vec![self.user.id.clone()]),
+                        "members",
+                        "just its opener (only a manager opens a conversation with others)",
+                    )?;
+                }
+                require(after.text(&ROOT, "subject").is_some(), "subject", "text")?;
+                require(
+                    after.number(&ROOT, "created_at").is_some(),
+                    "created_at",
+                    "a number",
+                )?;
+                let state = after.text(&ROOT, "state");
+                let tags = after.text_list(&ROOT, "tags");
+                if self.is_manager() {
+                    require(
+                        state.is_some_and(|s| CONVERSATION_STATES.contains(&s.as_str())),
+                        "state",
+                        "open or resolved",
+                    )?;
+                    require(tags.is_some(), "tags", "a list of text")?;
+                    require(
+                        after.get(&ROOT, "assignee").is_none()
+                            || after.text(&ROOT, "assignee").is_some(),
+                        "assignee",
+                        "a user id",
+                    )?;
+                } else {
+                    require(state.as_deref() == Some("open"), "state", "open")?;
+                    require(tags == Some(Vec::new()), "tags", "empty (managers tag)")?;
+                    require(
+                        after.get(&ROOT, "assignee").is_none(),
+                        "assignee",
+                        "absent (managers assign)",
+                    )?;
+                }
+                if after.get(&ROOT, "about").is_some() {
+                    let about = after
+                        .object(&ROOT, "about", ObjType::Map)
+                        .ok_or_else(|| refuse("invalid-value", "`about` is a map"))?;
+                    for key in after.keys(&about) {
+                        require(
+                            matches!(key.as_str(), "post" | "user")
+                                && after.text(&about, key.as_str()).is_some(),
+                            "about",
+                            "{post?, user?} ids",
+                        )?;
+                    }
+                }
+                if after.get(&ROOT, "publish").is_some() {
+                    valid_publish(after)?;
+                }
+                require(
+                    after.object(&ROOT, "messages", ObjType::List).is_some(),
+                    "messages",
+                    "a list",
+                )?;
+                for message in after.map_items(&ROOT, "messages") {
+                    self.validate_item(after, &message, &MESSAGE_FIELDS, "message")?;
+                }
+            }
+            _ => {
+                require(
+                    after.text(&ROOT, "owner").as_deref() == me,
+                    "owner",
+                    "its creator",
+                )?;
+                for field in ["items", "mine"] {
+                    require(
+                        after.get(&ROOT, field).is_none()
+                            || after.object(&ROOT, field, ObjType::Map).is_some(),
+                        field,
+                        "a map",
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn require(ok: bool, field: &str, expected: &str) -> Result<(), Refusal> {
+    if ok {
+        Ok(())
+    } else {
+        Err(refuse(
+            "invalid-value",
+            format!("`{field}` must be {expected}"),
+        ))
+    }
+}
+
+fn valid_publish(after: At<'_>) -> Result<(), Refusal> {
+    let ok = after
+        .object(&ROOT, "publish", ObjType::Map)
+        .is_some_and(|publish| {
+            after.keys(&publish).iter().all(|key| {
+                matches!(key.as_str(), "consent" | "anonymous")
+                    && after.boolean(&publish, key.as_str()).is_some()
+            }) && after.boolean(&publish, "consent").is_some()
+        });
+    require(ok, "publish", "{consent: bool, anonymous: bool}")
+}
+
+/// Which fields a change touched, to validate their values after it.
+#[derive(Default)]
+struct Touched {
+    root: HashSet<String>,
+    reply_flags: Vec<ObjId>,
+    new_objects: Vec<(Place, ObjId)>,
+}
+
+/// One step from an object to a child: a map key or a list/text position.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Key(String),
+    Index,
+}
+
+/// Where an op lands: `steps[k]` is taken inside `objects[k]`, from the root
+/// down to the op's own key.
+#[derive(Debug, Clone)]
+pub(crate) struct Place {
+    steps: Vec<Step>,
+    objects: Vec<ObjId>,
+}
+
+impl Place {
+    fn depth(&self) -> usize {
+        self.steps.len()
+    }
+
+    fn key_at(&self, index: usize) -> Option<&str> {
+        match self.steps.get(index)? {
+            Step::Key(key) => Some(key),
+            Step::Index => None,
+        }
+    }
+
+    fn root_key(&self) -> Result<&str, Refusal> {
+        self.key_at(0)
+            .ok_or_else(|| refuse("invalid-value", "the document's root is a map"))
+    }
+
+    /// Fields some role may set over another user's value.
+    fn is_flag_field(&self, doc_type: DocType) -> bool {
+        match (doc_type, self.key_at(0)) {
+            (DocType::Post, Some("status" | "locked")) => true,
+            (DocType::Post, Some("replies")) => self.key_at(2) == Some("deleted"),
+            (DocType::Conversation, Some("state" | "tags" | "assignee" | "members")) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The steps from the root to an object, and the object each is taken in.
+type PathToObject = (Vec<Step>, Vec<ObjId>);
+
+/// A change's ops, with what is needed to find where each lands.
+struct DecodedOps {
+    actor: ActorId,
+    start_op: u64,
+    ops: Vec<legacy::Op>,
+    /// Objects the change itself makes, by op counter (the change's actor).
+    created: HashSet<u64>,
+    places: std::cell::RefCell<HashMap<ObjectId, PathToObject>>,
+}
+
+impl DecodedOps {
+    fn of(change: &Change) -> Result<Self, Refusal> {
+        // Decoding a change automerge already applied cannot fail; if the
+        // library ever panics on one, refuse the change rather than the server.
+        let expanded = std::panic::catch_unwind(AssertUnwindSafe(|| change.decode()))
+            .map_err(|_| refuse("undecodable", "the change could not be decoded"))?;
+        let start_op = expanded.start_op.get();
+        let created = expanded
+            .operations
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| matches!(op.action, legacy::OpType::Make(_)))
+            .map(|(index, _)| start_op + index as u64)
+            .collect();
+        Ok(Self {
+            actor: expanded.actor_id,
+            start_op,
+            ops: expanded.operations,
+            created,
+            places: Default::default(),
+        })
+    }
+
+    fn targets_new_object(&self, op: &legacy::Op) -> bool {
+        match &op.obj {
+            ObjectId::Root => false,
+            ObjectId::Id(id) => *id.actor() == self.actor && self.created.contains(&id.counter()),
+        }
+    }
+
+    /// The object `op` makes, if it makes one.
+    fn created_object(
+        &self,
+        doc: &Automerge,
+        index: usize,
+        op: &legacy::Op,
+    ) -> Result<Option<ObjId>, Refusal> {
+        if !matches!(op.action, legacy::OpType::Make(_)) {
+            return Ok(None);
+        }
+        let counter = self.start_op + index as u64;
+        import(doc, counter, &self.actor).map(Some)
+    }
+
+    fn locate(&self, doc: &Automerge, op: &legacy::Op) -> Result<Place, Refusal> {
+        let (mut steps, mut objects) = {
+            let mut places = self.places.borrow_mut();
+            match places.get(&op.obj) {
+                Some(found) => found.clone(),
+                None => {
+                    let found = path_to(doc, &op.obj)?;
+                    places.insert(op.obj.clone(), found.clone());
+                    found
+                }
+            }
+        };
+        let target = match &op.obj {
+            ObjectId::Root => ROOT,
+            ObjectId::Id(id) => import(doc, id.counter(), id.actor())?,
+        };
+        steps.push(match &op.key {
+            legacy::Key::Map(key) => Step::Key(key.to_string()),
+            legacy::Key::Seq(_) => Step::Index,
+        });
+        objects.push(target);
+        Ok(Place { steps, objects })
+    }
+}
+
+fn import(doc: &Automerge, counter: u64, actor: &ActorId) -> Result<ObjId, Refusal> {
+    doc.import_obj(&format!("{counter}@{}", actor.to_hex_string()))
+        .map_err(|error| refuse("unknown-object", error))
+}
+
+/// The steps from the root to the object `obj` (excluding the op's own key).
+fn path_to(doc: &Automerge, obj: &ObjectId) -> Result<PathToObject, Refusal> {
+    let ObjectId::Id(id) = obj else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let target = import(doc, id.counter(), id.actor())?;
+    let parents = doc
+        .parents(&target)
+        .map_err(|error| refuse("unknown-object", error))?;
+    let mut chain: Vec<(ObjId, Step)> = parents
+        .map(|parent| {
+            let step = match parent.prop {
+                automerge::Prop::Map(key) => Step::Key(key),
+                automerge::Prop::Seq(_) => Step::Index,
+            };
+            (parent.obj, step)
+        })
+        .collect();
+    chain.reverse();
+    Ok(chain.into_iter().map(|(obj, step)| (step, obj)).unzip())
+}

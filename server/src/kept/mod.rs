@@ -1,0 +1,511 @@
+//! The documents the server keeps (SPEC §4): the community `index` of
+//! published posts, the `directory` of names and roles, one `inbox` per user,
+//! and each user's `drafts`, all written with the server's own actor.
+//!
+//! The projector thread receives the summary of every post and conversation
+//! after its changes are durable, keeps the catalog (see [`catalog`]) and
+//! updates the one index entry and the few inbox entries that changed, so an
+//! update costs the same in a community of ten posts or ten thousand. A
+//! client change leaves a `changed/` marker in the same write as the change;
+//! the projector clears it, and a restart re-describes whatever is still
+//! marked, so a crash between the two loses no update.
+
+pub mod catalog;
+mod edits;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use backchannel_sync::DocumentId;
+use backchannel_sync::storage::{CHANGED_PREFIX, changed_key};
+
+use crate::auth::{Auth, Role, now_millis};
+use crate::community::{ConversationSummary, PostSummary, SERVER_OWNER, Summary};
+use crate::hub::{EditFn, SyncHub};
+use crate::store::{Store, StoreError};
+pub use edits::put_text;
+use edits::{Field, ensure_base, put_entry, remove_entry};
+
+const INDEX_KEY: &str = "kept/index";
+const DIRECTORY_KEY: &str = "kept/directory";
+
+pub const ANONYMOUS_NAME: &str = "Anonymous";
+
+/// What the projector is told.
+pub enum ProjectorInput {
+    Summary(DocumentId, Summary),
+    /// An account was created or its role changed.
+    UserChanged(String),
+    Stop,
+}
+
+/// A summary sink for [`SyncHub::start`] that feeds the projector.
+pub fn summary_sink(
+    sender: mpsc::Sender<ProjectorInput>,
+) -> Arc<dyn Fn(DocumentId, Summary) + Send + Sync> {
+    let sender = Mutex::new(sender);
+    Arc::new(move |id, summary| {
+        let _ = sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(ProjectorInput::Summary(id, summary));
+    })
+}
+
+pub struct KeptDocs {
+    store: Arc<dyn Store>,
+    hub: Arc<SyncHub>,
+    /// Serialises "find or make the id" so two callers never make two.
+    ids: Mutex<()>,
+    projector: Mutex<mpsc::Sender<ProjectorInput>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for KeptDocs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptDocs").finish_non_exhaustive()
+    }
+}
+
+pub fn random_document_id() -> DocumentId {
+    let mut bytes = [0_u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is unavailable");
+    DocumentId::from_bytes(bytes)
+}
+
+fn index_base(
+    tx: &mut automerge::transaction::Transaction<'_>,
+) -> Result<automerge::ObjId, automerge::AutomergeError> {
+    ensure_base(tx, "index", &[], "posts")
+}
+
+fn directory_base(
+    tx: &mut automerge::transaction::Transaction<'_>,
+) -> Result<automerge::ObjId, automerge::AutomergeError> {
+    ensure_base(tx, "directory", &[], "users")
+}
+
+fn inbox_base(
+    tx: &mut automerge::transaction::Transaction<'_>,
+    owner: &str,
+) -> Result<automerge::ObjId, automerge::AutomergeError> {
+    ensure_base(
+        tx,
+        "inbox",
+        &[("owner", Field::Text(owner.to_string()))],
+        "conversations",
+    )
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Member => "member",
+        Role::Host => "host",
+        Role::Manager => "manager",
+    }
+}
+
+impl KeptDocs {
+    /// Makes sure the community documents exist, brings the directory up to
+    /// date, starts the projector on `feed` and re-describes documents whose
+    /// derived state may lag (see the module docs).
+    pub async fn start(
+        store: Arc<dyn Store>,
+        hub: Arc<SyncHub>,
+        auth: Arc<Auth>,
+        sender: mpsc::Sender<ProjectorInput>,
+        feed: mpsc::Receiver<ProjectorInput>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let kept = Arc::new(Self {
+            store: store.clone(),
+            hub: hub.clone(),
+            ids: Mutex::new(()),
+            projector: Mutex::new(sender),
+            thread: Mutex::new(None),
+        });
+        let index = kept.id_for(INDEX_KEY)?;
+        let directory = kept.id_for(DIRECTORY_KEY)?;
+        let users = auth
+            .all_users()
+            .map_err(|error| StoreError::Backend(error.to_string()))?;
+        let entries: Vec<(String, String, &'static str)> = users
+            .iter()
+            .map(|(user, _)| {
+                (
+                    user.id.clone(),
+                    user.display_name.clone(),
+                    role_name(user.role),
+                )
+            })
+            .collect();
+        let results = [
+            hub.edit_durably(index, SERVER_OWNER, Box::new(|tx| index_base(tx).map(drop)))
+                .await,
+            hub.edit_durably(
+                directory,
+                SERVER_OWNER,
+                Box::new(move |tx| {
+                    let users = directory_base(tx)?;
+                    for (id, name, role) in &entries {
+                        put_entry(
+                            tx,
+                            &users,
+                            id,
+                            &[
+                                ("display_name", Field::Text(name.clone())),
+                                ("role", Field::Text((*role).to_string())),
+                            ],
+                        )?;
+                    }
+                    Ok(())
+                }),
+            )
+            .await,
+        ];
+        for result in results {
+            result.map_err(StoreError::Backend)?;
+        }
+        let projector = Projector {
+            kept: kept.clone(),
+            auth,
+            managers: HashSet::new(),
+            names: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("kept-projector".into())
+            .spawn(move || projector.run(feed))
+            .map_err(|error| StoreError::Backend(format!("cannot start the projector: {error}")))?;
+        *kept.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        for (key, _) in store.scan_prefix(CHANGED_PREFIX.as_bytes())? {
+            let text = String::from_utf8_lossy(&key[CHANGED_PREFIX.len()..]).into_owned();
+            match DocumentId::parse_url_or_id(&text) {
+                Ok(id) => hub.describe(id),
+                Err(_) => store.delete(&key)?,
+            }
+        }
+        Ok(kept)
+    }
+
+    /// The document id kept under `key`, made (and stored) on first use.
+    fn id_for(&self, key: &str) -> Result<DocumentId, StoreError> {
+        let _guard = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bytes) = self.store.get(key.as_bytes())? {
+            let text = String::from_utf8_lossy(&bytes);
+            return DocumentId::parse_url_or_id(&text).map_err(|_| StoreError::Corrupt {
+                key: key.to_string(),
+                reason: "not a document id".to_string(),
+            });
+        }
+        let id = random_document_id();
+        self.store.put(key.as_bytes(), id.to_string().as_bytes())?;
+        self.store.flush()?;
+        Ok(id)
+    }
+
+    pub fn index_id(&self) -> Result<DocumentId, StoreError> {
+        self.id_for(INDEX_KEY)
+    }
+
+    pub fn directory_id(&self) -> Result<DocumentId, StoreError> {
+        self.id_for(DIRECTORY_KEY)
+    }
+
+    fn inbox_id(&self, user_id: &str) -> Result<DocumentId, StoreError> {
+        self.id_for(&format!("kept/inbox/{user_id}"))
+    }
+
+    fn drafts_id(&self, user_id: &str) -> Result<DocumentId, StoreError> {
+        self.id_for(&format!("kept/drafts/{user_id}"))
+    }
+
+    /// The user's inbox, created (durably) if it is new.
+    pub async fn inbox_for(&self, user_id: &str) -> Result<DocumentId, StoreError> {
+        let id = self.inbox_id(user_id)?;
+        let owner = user_id.to_string();
+        self.hub
+            .edit_durably(
+                id,
+                SERVER_OWNER,
+                Box::new(move |tx| inbox_base(tx, &owner).map(drop)),
+            )
+            .await
+            .map_err(StoreError::Backend)?;
+        Ok(id)
+    }
+
+    /// The user's drafts document, created (durably) on first use.
+    pub async fn drafts_for(&self, user_id: &str) -> Result<DocumentId, StoreError> {
+        let id = self.drafts_id(user_id)?;
+        let owner = user_id.to_string();
+        self.hub
+            .edit_durably(
+                id,
+                user_id,
+                Box::new(move |tx| {
+                    use automerge::ReadDoc;
+                    if tx.get(automerge::ROOT, "type")?.is_some() {
+                        return Ok(());
+                    }
+                    ensure_base(tx, "drafts", &[("owner", Field::Text(owner))], "items")?;
+                    edits::ensure_map(tx, "mine")
+                }),
+            )
+            .await
+            .map_err(StoreError::Backend)?;
+        Ok(id)
+    }
+
+    /// Tells the projector an account was created or changed role.
+    pub fn user_changed(&self, user_id: &str) {
+        let _ = self
+            .projector
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(ProjectorInput::UserChanged(user_id.to_string()));
+    }
+
+    /// Stops the projector after everything already sent to it.
+    pub fn stop(&self) {
+        let _ = self
+            .projector
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(ProjectorInput::Stop);
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn edit(&self, id: DocumentId, apply: EditFn) {
+        self.hub.edit(id, SERVER_OWNER, apply);
+    }
+}
+
+/// An index entry's fields, compared to skip edits that change nothing.
+fn index_entry(post: &PostSummary, author_name: String) -> Vec<(&'static str, Field)> {
+    let (author, author_name) = if post.anonymous {
+        (String::new(), ANONYMOUS_NAME.to_string())
+    } else {
+        (post.author.clone(), author_name)
+    };
+    vec![
+        ("title", Field::Text(post.title.clone())),
+        ("author", Field::Text(author)),
+        ("author_name", Field::Text(author_name)),
+        ("created_at", Field::Int(post.created_at)),
+        ("last_activity", Field::Int(post.last_activity())),
+        ("reply_count", Field::Int(post.reply_count() as i64)),
+    ]
+}
+
+fn inbox_entry(conversation: &ConversationSummary) -> Vec<(&'static str, Field)> {
+    let (last_activity, last_author) = conversation.last_activity();
+    vec![
+        ("subject", Field::Text(conversation.subject.clone())),
+        ("kind", Field::Text(conversation.kind.clone())),
+        ("state", Field::Text(conversation.state.clone())),
+        ("last_activity", Field::Int(last_activity)),
+        ("last_author", Field::Text(last_author)),
+    ]
+}
+
+struct Projector {
+    kept: Arc<KeptDocs>,
+    auth: Arc<Auth>,
+    managers: HashSet<String>,
+    names: HashMap<String, String>,
+}
+
+impl Projector {
+    fn run(mut self, feed: mpsc::Receiver<ProjectorInput>) {
+        if let Ok(users) = self.auth.all_users() {
+            for (user, _) in users {
+                if user.role == Role::Manager {
+                    self.managers.insert(user.id.clone());
+                }
+                self.names.insert(user.id, user.display_name);
+            }
+        }
+        while let Ok(input) = feed.recv() {
+            let outcome = match input {
+                ProjectorInput::Summary(id, summary) => self.on_summary(id, summary),
+                ProjectorInput::UserChanged(user_id) => self.on_user_changed(&user_id),
+                ProjectorInput::Stop => return,
+            };
+            if let Err(error) = outcome {
+                tracing::error!(%error, "could not update the server-kept documents");
+            }
+        }
+    }
+
+    fn name_of(&mut self, user_id: &str) -> String {
+        if let Some(name) = self.names.get(user_id) {
+            return name.clone();
+        }
+        let name = self
+            .auth
+            .user(user_id)
+            .map(|user| user.display_name)
+            .unwrap_or_default();
+        self.names.insert(user_id.to_string(), name.clone());
+        name
+    }
+
+    fn on_summary(&mut self, id: DocumentId, summary: Summary) -> Result<(), StoreError> {
+        let store = self.kept.store.clone();
+        let old = catalog::get(store.as_ref(), &id)?;
+        catalog::put(store.as_ref(), &id, &summary)?;
+        match (&summary, old) {
+            (Summary::Post(post), old) => {
+                let old = match old {
+                    Some(Summary::Post(old)) => Some(old),
+                    _ => None,
+                };
+                self.project_post(id, post, old.as_ref())?;
+            }
+            (Summary::Conversation(conversation), old) => {
+                let old = match old {
+                    Some(Summary::Conversation(old)) => Some(old),
+                    _ => None,
+                };
+                self.project_conversation(id, conversation, old.as_ref())?;
+            }
+        }
+        store.delete(changed_key(&id).as_bytes())
+    }
+
+    fn project_post(
+        &mut self,
+        id: DocumentId,
+        post: &PostSummary,
+        old: Option<&PostSummary>,
+    ) -> Result<(), StoreError> {
+        let index = self.kept.index_id()?;
+        let key = id.to_string();
+        if post.is_published() {
+            let entry = index_entry(post, self.name_of(&post.author));
+            let unchanged = old.is_some_and(|old| {
+                old.is_published() && index_entry(old, self.name_of(&old.author)) == entry
+            });
+            if !unchanged {
+                self.kept.edit(
+                    index,
+                    Box::new(move |tx| {
+                        let posts = index_base(tx)?;
+                        put_entry(tx, &posts, &key, &entry)
+                    }),
+                );
+            }
+        } else if old.is_none_or(PostSummary::is_published) {
+            self.kept.edit(
+                index,
+                Box::new(move |tx| {
+                    let posts = index_base(tx)?;
+                    remove_entry(tx, &posts, &key)
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    fn readers(&self, conversation: &ConversationSummary) -> HashSet<String> {
+        conversation
+            .members
+            .iter()
+            .cloned()
+            .chain(self.managers.iter().cloned())
+            .collect()
+    }
+
+    fn project_conversation(
+        &mut self,
+        id: DocumentId,
+        conversation: &ConversationSummary,
+        old: Option<&ConversationSummary>,
+    ) -> Result<(), StoreError> {
+        let entry = inbox_entry(conversation);
+        let readers = self.readers(conversation);
+        let old_readers = old.map(|old| self.readers(old)).unwrap_or_default();
+        let unchanged = old.is_some_and(|old| inbox_entry(old) == entry);
+        for reader in &readers {
+            if unchanged && old_readers.contains(reader) {
+                continue;
+            }
+            self.set_inbox_entry(reader, id, Some(entry.clone()))?;
+        }
+        for gone in old_readers.difference(&readers) {
+            self.set_inbox_entry(gone, id, None)?;
+        }
+        Ok(())
+    }
+
+    fn set_inbox_entry(
+        &self,
+        user_id: &str,
+        conversation: DocumentId,
+        entry: Option<Vec<(&'static str, Field)>>,
+    ) -> Result<(), StoreError> {
+        let inbox = self.kept.inbox_id(user_id)?;
+        let owner = user_id.to_string();
+        let key = conversation.to_string();
+        self.kept.edit(
+            inbox,
+            Box::new(move |tx| {
+                let conversations = inbox_base(tx, &owner)?;
+                match &entry {
+                    Some(entry) => put_entry(tx, &conversations, &key, entry),
+                    None => remove_entry(tx, &conversations, &key),
+                }
+            }),
+        );
+        Ok(())
+    }
+
+    /// A new account or a role change: the directory entry, and the user's
+    /// inbox (a manager reads every conversation, others only their own).
+    fn on_user_changed(&mut self, user_id: &str) -> Result<(), StoreError> {
+        let user = self
+            .auth
+            .user(user_id)
+            .map_err(|error| StoreError::Backend(error.to_string()))?;
+        self.names
+            .insert(user.id.clone(), user.display_name.clone());
+        let was_manager = if user.role == Role::Manager {
+            !self.managers.insert(user.id.clone())
+        } else {
+            self.managers.remove(&user.id)
+        };
+        let directory = self.kept.directory_id()?;
+        let entry = vec![
+            ("display_name", Field::Text(user.display_name.clone())),
+            ("role", Field::Text(role_name(user.role).to_string())),
+        ];
+        let key = user.id.clone();
+        self.kept.edit(
+            directory,
+            Box::new(move |tx| {
+                let users = directory_base(tx)?;
+                put_entry(tx, &users, &key, &entry)
+            }),
+        );
+        if was_manager == (user.role == Role::Manager) {
+            return Ok(());
+        }
+        let everything = catalog::everything(self.kept.store.as_ref())?;
+        for (id, conversation) in &everything.conversations {
+            let Ok(id) = DocumentId::parse_url_or_id(id) else {
+                continue;
+            };
+            let reads = self.readers(conversation).contains(&user.id);
+            self.set_inbox_entry(&user.id, id, reads.then(|| inbox_entry(conversation)))?;
+        }
+        Ok(())
+    }
+}
+
+/// The time used for server-made documents.
+pub fn now() -> i64 {
+    now_millis() as i64
+}
