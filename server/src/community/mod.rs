@@ -15,3 +15,6 @@ pub use fields::At;
 pub use rules::{CommunityRules, SyncUser};
 pub use schema::{CONVERSATION_KINDS, CONVERSATION_STATES, DocFacts, DocType};
 pub use summary::{ConversationSummary, ItemSummary, PostSummary, Summary, summarize};
+
+#[cfg(test)]
+mod tests;
