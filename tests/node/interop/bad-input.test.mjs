@@ -84,7 +84,7 @@ describe("bad input on /sync", () => {
     account = await registerUser(server.httpUrl, { email: `raw-${randomId(6)}@example.org`.toLowerCase(), password: "bad input password", display_name: "Raw" })
     bystander = makeClient(server.syncUrl(account.access_token))
     await waitForPeer(bystander)
-    bystanderPost = bystander.create({ type: "post", schema: 1, author: account.user.id, status: "draft", title: "still here", body: "", replies: [] })
+    bystanderPost = bystander.create({ type: "post", schema: 1, author: account.user.id, created_at: Date.now(), status: "draft", title: "still here", body: "", replies: [] })
     await waitUntilServerAcked(bystander, bystanderPost)
   })
 

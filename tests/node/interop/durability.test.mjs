@@ -76,7 +76,7 @@ test("a server killed mid-write and restarted has every change a client saw ackn
   await Promise.all(devices.map(repo => waitForPeer(repo)))
   const storageId = serverStorageId(devices[0])
   const handles = devices.map(repo =>
-    repo.create({ type: "post", schema: 1, author: account.user.id, status: "draft", title: "load", body: "", replies: [] }),
+    repo.create({ type: "post", schema: 1, author: account.user.id, created_at: Date.now(), status: "draft", title: "load", body: "", replies: [] }),
   )
   for (const [i, handle] of handles.entries()) await waitUntilServerAcked(devices[i], handle)
 
@@ -133,7 +133,7 @@ test("SIGTERM with clients connected exits 0 promptly, and the clients resync af
   const account = await registerUser(server.httpUrl, { email, password: PASSWORD, display_name: "Stayer" })
   const repo = clientThatMayLoseItsServer(server.syncUrl(account.access_token))
   await waitForPeer(repo)
-  const handle = repo.create({ type: "post", schema: 1, author: account.user.id, status: "draft", title: "kept", body: "", replies: [] })
+  const handle = repo.create({ type: "post", schema: 1, author: account.user.id, created_at: Date.now(), status: "draft", title: "kept", body: "", replies: [] })
   await waitUntilServerAcked(repo, handle)
 
   const started = Date.now()
