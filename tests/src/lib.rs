@@ -18,6 +18,10 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
 
 pub use backchannel::Settings;
+pub use backchannel::auth::Role;
+use backchannel::auth::{Auth, NewAccount, TokenKeys};
+use backchannel::config::Limits;
+use backchannel::data_dir::DataDir;
 
 /// The password every test account uses unless a test says otherwise.
 pub const PASSWORD: &str = "correct horse battery";
@@ -37,10 +41,39 @@ impl TestServer {
         Self::start_with(|_| {})
     }
 
+    /// Starts with accounts made beforehand, as `backchannel user add`
+    /// makes them (the API only makes members).
+    pub fn start_with_accounts(accounts: &[(&str, &str, Role)]) -> Self {
+        Self::start_prepared(
+            |data_dir| {
+                let data = DataDir::open(data_dir).unwrap();
+                let auth = Auth::new(
+                    std::sync::Arc::new(data.store.clone()),
+                    TokenKeys::from_secret(data.jwt_secret.bytes()),
+                    Limits::default(),
+                );
+                for (email, name, role) in accounts {
+                    let account = NewAccount {
+                        email: email.to_string(),
+                        password: PASSWORD.to_string(),
+                        display_name: name.to_string(),
+                    };
+                    auth.create_user(account, *role).unwrap();
+                }
+            },
+            |_| {},
+        )
+    }
+
     /// Starts with default settings changed by `adjust`.
     pub fn start_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_prepared(|_| {}, adjust)
+    }
+
+    fn start_prepared(prepare: impl FnOnce(&Path), adjust: impl FnOnce(&mut Settings)) -> Self {
         let temporary = tempfile::tempdir().unwrap();
         let data_dir = temporary.path().join("data");
+        prepare(&data_dir);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let mut settings = Settings::for_data_dir(&data_dir, address);
@@ -185,6 +218,13 @@ impl Api {
         ))
     }
 
+    pub fn put(&self, path: &str, body: Value, token: Option<&str>) -> Answer {
+        self.send(with_token(
+            self.client.put(self.url(path)).json(&body),
+            token,
+        ))
+    }
+
     pub fn raw(&self) -> &Client {
         &self.client
     }
@@ -203,6 +243,13 @@ impl Api {
             json!({"email": email, "password": password}),
             None,
         )
+    }
+
+    /// Signs in with the test password, asserting success.
+    pub fn signed_in(&self, email: &str) -> SignedIn {
+        let answer = self.login(email, PASSWORD);
+        assert_eq!(answer.status, 200, "{answer:?}");
+        SignedIn::from(&answer)
     }
 
     /// Registers and returns the signed-in answer, asserting success.
