@@ -5,20 +5,12 @@
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{AutomergeError, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 
-/// A field value the server writes: plain strings and integers.
+/// A field value the server writes. Text is written as automerge `Text`, the
+/// way the JS client writes strings, so JS readers see a plain string.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Field {
     Text(String),
     Int(i64),
-}
-
-impl Field {
-    fn scalar(&self) -> ScalarValue {
-        match self {
-            Field::Text(text) => ScalarValue::Str(text.as_str().into()),
-            Field::Int(n) => ScalarValue::Int(*n),
-        }
-    }
 }
 
 fn put_if_changed(
@@ -27,13 +19,25 @@ fn put_if_changed(
     key: &str,
     value: &Field,
 ) -> Result<(), AutomergeError> {
-    let wanted = value.scalar();
-    let same = matches!(
-        tx.get(obj, key)?,
-        Some((Value::Scalar(current), _)) if *current == wanted
-    );
-    if !same {
-        tx.put(obj, key, wanted)?;
+    match value {
+        Field::Int(n) => {
+            let wanted = ScalarValue::Int(*n);
+            let same = matches!(
+                tx.get(obj, key)?,
+                Some((Value::Scalar(current), _)) if *current == wanted
+            );
+            if !same {
+                tx.put(obj, key, wanted)?;
+            }
+        }
+        Field::Text(wanted) => match tx.get(obj, key)? {
+            Some((Value::Object(ObjType::Text), text)) => {
+                if tx.text(&text)? != *wanted {
+                    tx.update_text(&text, wanted)?;
+                }
+            }
+            _ => put_text(tx, obj, key, wanted)?,
+        },
     }
     Ok(())
 }

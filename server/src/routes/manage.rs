@@ -128,11 +128,11 @@ async fn promote(
             &author,
             Box::new(move |tx| {
                 use automerge::transaction::Transactable;
-                tx.put(ROOT, "type", "post")?;
+                kept::put_text(tx, &ROOT, "type", "post")?;
                 tx.put(ROOT, "schema", 1)?;
-                tx.put(ROOT, "author", post_author.as_str())?;
+                kept::put_text(tx, &ROOT, "author", &post_author)?;
                 tx.put(ROOT, "created_at", created_at)?;
-                tx.put(ROOT, "status", "published")?;
+                kept::put_text(tx, &ROOT, "status", "published")?;
                 kept::put_text(tx, &ROOT, "title", &title)?;
                 kept::put_text(tx, &ROOT, "body", &body)?;
                 tx.put(ROOT, "anonymous", anonymous)?;
