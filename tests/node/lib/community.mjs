@@ -94,6 +94,15 @@ class Community {
   /** Closes every client, then stops the server. */
   async close() {
     await Promise.all(this.forgedClients.map(client => client.close()))
+    // A stock client the server closed (a refused write) has a reconnect
+    // timer pending that repo.shutdown() does not cancel, and it would keep
+    // this process alive: stop its adapters from ever connecting again.
+    for (const repo of this.repos) {
+      for (const adapter of repo.networkSubsystem.adapters) {
+        adapter.retryInterval = 0
+        adapter.connect = () => {}
+      }
+    }
     await shutdownAll(this.repos)
     await this.server.stop()
   }
