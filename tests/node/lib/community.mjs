@@ -389,7 +389,7 @@ export async function expectWriteUnavailable(person, urlOrId, fields, { checker 
   const before = checker ? (await checker.read(documentId)).heads : undefined
   const client = await person.forged()
   try {
-    const { hash } = client.create(fields, { documentId })
+    const { hash } = client.create(fields, { documentId, eager: true })
     const outcome = await client.outcome(documentId, hash)
     assert.equal(outcome.accepted, false, `${person}'s write to ${documentId} must not be accepted`)
     assert.equal(outcome.unavailable, true, `${person} gets doc-unavailable for ${documentId} (got ${JSON.stringify(outcome)}; received ${client.describeFrames()})`)

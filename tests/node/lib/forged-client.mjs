@@ -234,6 +234,7 @@ export class ForgedClient {
       case "doc-unavailable": {
         const entry = this.#entry(message.documentId)
         entry.unavailable = true
+        entry.answers += 1
         entry.lastActivity = Date.now()
         break
       }
@@ -241,6 +242,7 @@ export class ForgedClient {
       case "request": {
         const entry = this.#entry(message.documentId)
         entry.unavailable = false
+        entry.answers += 1
         entry.lastActivity = Date.now()
         const data = new Uint8Array(message.data)
         try {
@@ -267,6 +269,8 @@ export class ForgedClient {
         syncState: A.initSyncState(),
         unavailable: false,
         serverHeads: undefined,
+        // How many sync/request/doc-unavailable messages arrived for it.
+        answers: 0,
         lastActivity: Date.now(),
       }
       this.documents.set(documentId, entry)
@@ -348,22 +352,31 @@ export class ForgedClient {
   }
 
   /**
-   * Asks the server for a document (`request`, as the stock client does for a
-   * document it has nothing of) and resolves once it is loaded and the sync
-   * is quiet, or the server said `doc-unavailable`:
-   * { available: bool, doc }.
+   * Asks the server for a document with `request` and a fresh sync state (as
+   * the stock client does for a document it has nothing of, or a new
+   * connection would) and resolves once the server answered and the sync is
+   * quiet, or it said `doc-unavailable`: { available: bool, doc }.
    */
   async request(urlOrId, { timeoutMs = 10_000, quietMs = 150 } = {}) {
     const documentId = documentIdOf(urlOrId)
     const entry = this.#entry(documentId)
     entry.unavailable = false
-    this.#pump(documentId, "request")
+    const answersBefore = entry.answers
+    // Ask as a peer holding nothing of it, so the server always answers
+    // (with the whole document or doc-unavailable) even when this client
+    // already has every change; what arrives merges into the local copy.
+    const [syncState, data] = A.generateSyncMessage(A.init(), A.initSyncState())
+    entry.syncState = syncState
+    entry.lastActivity = Date.now()
+    this.#send({ type: "request", senderId: this.peerId, targetId: this.serverPeerId, documentId, data })
     await this.#until(
-      () => entry.unavailable || (A.getHeads(entry.doc).length > 0 && Date.now() - entry.lastActivity >= quietMs) || this.closed,
+      () =>
+        this.closed ||
+        (entry.answers > answersBefore && (entry.unavailable || (A.getHeads(entry.doc).length > 0 && Date.now() - entry.lastActivity >= quietMs))),
       timeoutMs,
       `document ${documentId} or doc-unavailable`,
     )
-    if (this.closed && !entry.unavailable && A.getHeads(entry.doc).length === 0) {
+    if (this.closed && entry.answers === answersBefore) {
       throw new Error(`${this.name}: the connection closed while requesting ${documentId}${this.#why()}`)
     }
     return { available: !entry.unavailable, doc: entry.doc }
@@ -388,7 +401,7 @@ export class ForgedClient {
    * or an automerge doc built locally), with a random id unless `documentId`
    * is given. Returns { documentId, url, hash } (hash: the last change's).
    */
-  create(initial, { documentId = newDocumentId(), actor } = {}) {
+  create(initial, { documentId = newDocumentId(), actor, eager = false } = {}) {
     const entry = this.#entry(documentId)
     if (A.getHeads(entry.doc).length > 0) throw new Error(`${this.name}: ${documentId} already exists locally`)
     if (A.isAutomerge(initial)) {
@@ -398,7 +411,8 @@ export class ForgedClient {
       const built = A.change(A.init({ actor: author }), d => Object.assign(d, initial))
       entry.doc = author === this.actor ? built : A.clone(built, { actor: this.actor })
     }
-    this.#pump(documentId, "sync")
+    if (eager) this.pushAll(documentId)
+    else this.#pump(documentId, "sync")
     const heads = A.getHeads(entry.doc)
     return { documentId, url: documentUrlOf(documentId), hash: heads[heads.length - 1], heads }
   }
@@ -440,6 +454,27 @@ export class ForgedClient {
     const entry = this.#entry(documentId)
     ;[entry.doc] = A.applyChanges(entry.doc, changes)
     this.#pump(documentId)
+  }
+
+  /**
+   * Sends every local change of a document in one `sync` message at once,
+   * without waiting for the server to say what it lacks (the normal loop's
+   * first message carries only heads). For writes the server must judge
+   * even when it would answer the first message with `doc-unavailable`.
+   */
+  pushAll(urlOrId) {
+    const documentId = documentIdOf(urlOrId)
+    const entry = this.#entry(documentId)
+    const data = A.encodeSyncMessage({ heads: A.getHeads(entry.doc), need: [], have: [], changes: A.getAllChanges(entry.doc) })
+    entry.lastActivity = Date.now()
+    this.#send({ type: "sync", senderId: this.peerId, targetId: this.serverPeerId, documentId, data })
+  }
+
+  /** The hashes of the changes carried by the `sync`/`request` messages this client sent. */
+  sentChangeHashes() {
+    return this.sent
+      .filter(({ message }) => message.type === "sync" || message.type === "request")
+      .map(({ message }) => payloadOfSyncMessage(message.data).hashes)
   }
 
   /** True when `hash` is one of the server's last announced heads or one of their ancestors. */

@@ -119,6 +119,8 @@ describe("a refused message", () => {
       d.title = "and a hijacked title"
     }, { send: false })
     client.sync(url)
+    const carried = client.sentChangeHashes().at(-1)
+    assert.ok(carried.includes(good) && carried.includes(bad), "both changes travel in one sync message")
     const outcome = await client.outcome(url, bad)
     assert.equal(outcome.accepted, false)
     assert.match(outcome.refused ?? "", /title/i)

@@ -96,8 +96,8 @@ describe("no leaks on the wire", () => {
       client.sync(privateConversation.documentId, { fresh: true })
       client.sync(privateDraft.documentId, { fresh: true })
       const intruder = await eve.forged()
-      intruder.create(conversation(olive, { subject: "planted" }), { documentId: privateConversation.documentId })
-      intruder.create(post(dora, { status: "draft", title: "planted" }), { documentId: privateDraft.documentId })
+      intruder.create(conversation(olive, { subject: "planted" }), { documentId: privateConversation.documentId, eager: true })
+      intruder.create(post(dora, { status: "draft", title: "planted" }), { documentId: privateDraft.documentId, eager: true })
       await sleep(500)
 
       // 3. Meanwhile the readers keep writing, and Olive's app sends presence.

@@ -122,7 +122,7 @@ describe("offline writes and the state they saw", () => {
     assert.deepEqual(await again.outcome(url, fresh), { accepted: true })
   })
 
-  test("a published post's reply written before it was hidden lands; the author's edit after seeing it hidden is refused", async () => {
+  test("the author's edit written before the post was hidden lands; one written after seeing it hidden is refused", async () => {
     const { url, heads: published } = await ada.create(post(ada))
     const hidden = await manager.edit(url, d => {
       d.status = "hidden"

@@ -72,7 +72,7 @@ describe("a draft post", () => {
       }, { checker: member })
     })
 
-    test("the author adds and removes their own replies in a draft", async () => {
+    test("the author adds a reply to their draft and removes it again (SPEC §5: draft, author: anything)", async () => {
       const { url } = await draft()
       await expectAllowed(author, url, d => {
         d.replies.push(reply(author, "a note to self"))
