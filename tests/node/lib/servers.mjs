@@ -342,6 +342,30 @@ export async function apiGet(httpUrl, pathname, token) {
 }
 
 /**
+ * Sends a JSON body to an API path (PUT, POST, DELETE) with a bearer token;
+ * resolves to {status, body} like apiGet.
+ */
+export async function apiSend(httpUrl, method, pathname, token, payload) {
+  const res = await fetch(new URL(pathname, httpUrl), {
+    method,
+    headers: {
+      accept: "application/json",
+      ...(payload === undefined ? {} : { "content-type": "application/json" }),
+      ...(token ? { authorization: `Bearer ${token}` } : {}),
+    },
+    body: payload === undefined ? undefined : JSON.stringify(payload),
+  })
+  const text = await res.text()
+  let body = text
+  try {
+    body = JSON.parse(text)
+  } catch {
+    // not JSON: keep the text
+  }
+  return { status: res.status, body }
+}
+
+/**
  * `backchannel user add --data <dataDir> --email E --name N --role R`, the
  * password on standard input. Must run while no server holds dataDir.
  * Resolves to the new user's id (the command's stdout).

@@ -18,7 +18,7 @@ import {
   message,
   startCommunity,
 } from "../lib/community.mjs"
-import { waitFor, withTimeout } from "../lib/servers.mjs"
+import { apiSend, waitFor, withTimeout } from "../lib/servers.mjs"
 
 describe("a conversation", () => {
   let community
@@ -392,6 +392,36 @@ describe("a conversation", () => {
         }, { rule: /publish/i, checker: manager })
       })
     }
+  })
+
+  describe("role changes", () => {
+    test("a member made manager reads every conversation; made member again, only their own", async () => {
+      const riley = await community.signUp("Riley")
+      const url = await question()
+      await expectUnavailable(riley, url)
+      const promoted = await apiSend(community.server.httpUrl, "PUT", `/api/users/${riley.id}/role`, await manager.token(), { role: "manager" })
+      assert.equal(promoted.status, 200, JSON.stringify(promoted.body))
+      const read = await riley.read(url)
+      assert.ok(read.available, "a new manager reads a conversation they are not in")
+      const demoted = await apiSend(community.server.httpUrl, "PUT", `/api/users/${riley.id}/role`, await manager.token(), { role: "member" })
+      assert.equal(demoted.status, 200, JSON.stringify(demoted.body))
+      await expectUnavailable(riley, url)
+    })
+
+    test("a role change closes the user's live sync connections", async () => {
+      const riley = await community.signUp("Riley")
+      const client = await riley.forged()
+      const changed = await apiSend(community.server.httpUrl, "PUT", `/api/users/${riley.id}/role`, await manager.token(), { role: "host" })
+      assert.equal(changed.status, 200, JSON.stringify(changed.body))
+      await client.waitForErrorAndClose()
+      assert.ok(client.closed)
+    })
+
+    test("a member may not change roles", async () => {
+      const riley = await community.signUp("Riley")
+      const refused = await apiSend(community.server.httpUrl, "PUT", `/api/users/${riley.id}/role`, await member.token(), { role: "manager" })
+      assert.equal(refused.status, 403, JSON.stringify(refused.body))
+    })
   })
 
   describe("write: what never changes", () => {

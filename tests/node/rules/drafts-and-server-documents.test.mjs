@@ -56,6 +56,52 @@ describe("a drafts document", () => {
     })
   }
 
+  describe("the drafts document GET /api/me names", () => {
+    async function myDrafts(t, person) {
+      const { body } = await apiGet(community.server.httpUrl, "/api/me", await person.token())
+      if (!body.docs?.drafts) {
+        t.skip("GET /api/me does not name docs.drafts yet")
+        return undefined
+      }
+      return body.docs.drafts
+    }
+
+    test("it is the owner's, and the owner writes into it with the stock client", async t => {
+      const url = await myDrafts(t, owner)
+      if (!url) return
+      const read = await owner.read(url)
+      assert.ok(read.available)
+      assert.equal(read.doc.type, "drafts")
+      assert.equal(read.doc.owner, owner.id)
+      const doc = await expectAllowed(owner, url, d => {
+        d.items.reply1 = { target: "2r2qKxnyTnMnAvtYqQCKGqKQS5bP", kind: "reply", body: "typing…", updated_at: Date.now() }
+      })
+      assert.equal(doc.items.reply1.body, "typing…")
+    })
+
+    test("GET /api/me names the same drafts document every time", async t => {
+      const first = await myDrafts(t, owner)
+      if (!first) return
+      assert.equal(await myDrafts(t, owner), first)
+    })
+
+    for (const who of ["member", "manager"]) {
+      test(`a ${who} gets doc-unavailable for it`, async t => {
+        const url = await myDrafts(t, owner)
+        if (!url) return
+        await expectUnavailable({ member, manager }[who], url)
+      })
+    }
+
+    test("its owner may not change its owner", async t => {
+      const url = await myDrafts(t, owner)
+      if (!url) return
+      await expectRefused(owner, url, d => {
+        d.owner = member.id
+      }, { rule: /owner/i })
+    })
+  })
+
   test("a drafts document owned by someone else may not be created", async () => {
     const client = await member.forged()
     const { documentId, hash } = client.create(drafts(owner))
@@ -153,6 +199,25 @@ describe("index, directory and inbox", () => {
       assert.equal((await member.read(documentId)).available, false, "nothing was stored")
     })
   }
+
+  test("the index lists a published post and no draft", async t => {
+    if (!needs(t, "index")) return
+    const secretTitle = `an unpublished title ${Date.now()}`
+    const draft = await other.create({ type: "post", schema: 1, author: other.id, created_at: Date.now(), status: "draft", title: secretTitle, body: "", replies: [] })
+    const published = await other.create({ type: "post", schema: 1, author: other.id, created_at: Date.now(), status: "published", title: "Out in the open", body: "", replies: [] })
+    let read
+    for (let attempt = 0; attempt < 50; attempt++) {
+      read = await member.read(docs.index)
+      if (read.doc?.posts?.[published.documentId]) break
+      await new Promise(resolve => setTimeout(resolve, 100))
+    }
+    assert.equal(read.doc.posts[published.documentId]?.title, "Out in the open")
+    assert.equal(read.doc.posts[draft.documentId], undefined)
+    const client = await member.forged()
+    await client.request(docs.index)
+    assert.deepEqual(client.framesMentioning(secretTitle), [])
+    assert.deepEqual(client.framesMentioning(draft.documentId), [])
+  })
 
   test("the directory has no emails", async t => {
     if (!needs(t, "directory")) return

@@ -11,7 +11,7 @@ import * as A from "@automerge/automerge"
 
 import { documentIdOf } from "../lib/forged-client.mjs"
 import { conversation, message, post, reply, startCommunity } from "../lib/community.mjs"
-import { sleep, withTimeout } from "../lib/servers.mjs"
+import { apiGet, sleep, withTimeout } from "../lib/servers.mjs"
 
 const onlyUnavailable = m => m.type === "doc-unavailable"
 
@@ -161,6 +161,28 @@ describe("no leaks on the wire", () => {
     // Bob may be told of his own removal at most; nothing after it.
     const others = lateHashes.filter(hash => hash !== removalHash && received.has(hash))
     assert.deepEqual(others, [], "no change written after the removal reaches the removed member")
+  })
+
+  test("the index, the directory and a member's own inbox mention nothing the member may not read", async t => {
+    const eve = await community.signUp("Eve")
+    const { body } = await apiGet(community.server.httpUrl, "/api/me", await eve.token())
+    const kept = ["index", "directory", "inbox"].filter(name => body.docs?.[name])
+    if (kept.length === 0) return t.skip("GET /api/me names no kept documents yet")
+    const client = await eve.forged()
+    for (const name of kept) assert.equal((await client.request(body.docs[name])).available, true, `Eve reads her ${name}`)
+    await assertNothingPrivateArrived(client)
+
+    // Control: the opener's inbox and a manager's do list the conversation.
+    for (const reader of [olive, manager]) {
+      const mine = (await apiGet(community.server.httpUrl, "/api/me", await reader.token())).body.docs?.inbox
+      if (!mine) continue
+      let listed
+      for (let attempt = 0; attempt < 50 && !listed; attempt++) {
+        listed = (await reader.read(mine)).doc?.conversations?.[privateConversation.documentId]
+        if (!listed) await sleep(100)
+      }
+      assert.ok(listed, `${reader}'s inbox lists the conversation`)
+    }
   })
 
   test("a stock client of a non-member finds nothing and the server sends it nothing of the document", async () => {

@@ -104,10 +104,10 @@ describe("a draft post", () => {
       }, { rule: /status/i })
     })
 
-    for (const who of ["member", "manager"]) {
+    for (const who of ["member", "host", "manager"]) {
       test(`a ${who} writing to someone else's draft gets doc-unavailable and nothing is stored`, async () => {
         const { url } = await draft()
-        await expectWriteUnavailable({ member, manager }[who], url, post(author, { status: "draft", title: "overwritten" }), {
+        await expectWriteUnavailable({ member, host, manager }[who], url, post(author, { status: "draft", title: "overwritten" }), {
           checker: author,
         })
       })
