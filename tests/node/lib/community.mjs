@@ -198,11 +198,24 @@ class Person {
     const client = await this.forged()
     try {
       const { available, doc } = await client.request(urlOrId)
-      return { available, doc: available ? A.toJS(doc) : undefined, automerge: doc, heads: available ? A.getHeads(doc) : [], client }
+      return { available, doc: available ? plain(A.toJS(doc)) : undefined, automerge: doc, heads: available ? A.getHeads(doc) : [], client }
     } finally {
       await client.close()
     }
   }
+}
+
+/**
+ * A document as plain JSON values: scalar strings (automerge ImmutableString,
+ * which the server writes) become plain strings, as SPEC §4 reads them.
+ */
+export function plain(value) {
+  if (A.isImmutableString(value)) return value.val
+  if (Array.isArray(value)) return value.map(plain)
+  if (value && typeof value === "object" && !(value instanceof Uint8Array)) {
+    return Object.fromEntries(Object.entries(value).map(([key, inner]) => [key, plain(inner)]))
+  }
+  return value
 }
 
 /**

@@ -284,7 +284,8 @@ export class ForgedClient {
     const [syncState, data] = A.generateSyncMessage(entry.doc, entry.syncState)
     entry.syncState = syncState
     if (!data) return false
-    if (this.closed) return false
+    // The server may still be sending while it closes the connection.
+    if (this.closed || this.#socket.readyState !== WebSocket.OPEN) return false
     entry.lastActivity = Date.now()
     this.#send({ type, senderId: this.peerId, targetId: this.serverPeerId, documentId, data })
     return true
@@ -432,14 +433,20 @@ export class ForgedClient {
     if (time !== undefined) options.time = time
     if (message !== undefined) options.message = message
     const base = A.clone(entry.doc, { actor: actor ?? this.actor })
-    let changed
+    let change
     if (at) {
-      changed = A.changeAt(base, at, options, fn).newDoc
+      // getLastLocalChange is not reliable after changeAt (it may return an
+      // earlier change of the same actor), so find the change by its hash.
+      const { newDoc, newHeads } = A.changeAt(base, at, options, fn)
+      const hash = newHeads?.find(head => !A.hasHeads(entry.doc, [head]))
+      if (!hash) throw new Error(`${this.name}: the change function changed nothing`)
+      change = A.getAllChanges(newDoc).find(bytes => A.decodeChange(bytes).hash === hash)
     } else {
-      changed = A.change(base, options, fn)
+      const before = A.getHeads(base)
+      const changed = A.change(base, options, fn)
+      if (A.getHeads(changed).every(head => before.includes(head))) throw new Error(`${this.name}: the change function changed nothing`)
+      change = A.getLastLocalChange(changed)
     }
-    const change = A.getLastLocalChange(changed)
-    if (!change) throw new Error(`${this.name}: the change function changed nothing`)
     ;[entry.doc] = A.applyChanges(entry.doc, [change])
     if (send) this.#pump(documentId)
     return A.decodeChange(change).hash

@@ -97,12 +97,47 @@ describe("the rules harness", () => {
     const first = client.change(url, d => {
       d.title = "first"
     })
+    await client.waitForServerHeads(url, [first])
     const second = client.change(url, d => {
       d.body = "beside the first"
     }, { at: heads })
     const meta = A.getChangesMetaSince(client.doc(url), heads)
     assert.deepEqual(meta.find(m => m.hash === second).deps, heads)
     await client.waitForServerHeads(url, [first, second])
+    // And a third on the first's heads, beside the second: still exactly those deps.
+    const third = client.change(url, d => {
+      d.body = "beside the second"
+    }, { at: [first] })
+    assert.notEqual(third, second)
+    assert.deepEqual(A.getChangesMetaSince(client.doc(url), heads).find(m => m.hash === third).deps, [first])
+    await client.waitForServerHeads(url, [third])
+  })
+
+  test("every change is acknowledged, also one sent while the one before it is being stored", async () => {
+    // Two sync messages back to back, the second before the server answered
+    // the first (legal: the stock client does it whenever storing takes longer
+    // than its 100 ms throttle). Both are stored; the server's heads must
+    // then say so, or the client never learns its change is safe.
+    const unacknowledged = []
+    for (let round = 0; round < 20; round++) {
+      const { url } = await ada.create(post(ada))
+      const client = await ada.forged()
+      await client.request(url)
+      const first = client.change(url, d => {
+        d.title = `first ${round}`
+      })
+      const second = client.change(url, d => {
+        d.body = `second ${round}`
+      })
+      try {
+        await client.waitForServerHeads(url, [first, second], { timeoutMs: 3000 })
+      } catch {
+        const stored = await ada.read(url)
+        unacknowledged.push({ round, stored: A.hasHeads(stored.automerge, [first, second]) })
+      }
+      await client.close()
+    }
+    assert.deepEqual(unacknowledged, [], "rounds whose second change was never acknowledged (stored: whether a fresh reader finds both)")
   })
 
   test("the wire recorder finds the id and the words of a document that did arrive", async () => {

@@ -141,6 +141,31 @@ describe("offline writes and the state they saw", () => {
     await expectNotStored(manager, url, late)
   })
 
+  test("a message built on the heads from before a member's removal, sent after it, lands", async () => {
+    const olive = await community.signUp("Olive")
+    const { url } = await olive.create(conversation(olive))
+    const withBob = await manager.edit(url, d => {
+      d.members.push(bob.id)
+    })
+    const client = await bob.forged()
+    assert.equal((await client.request(url)).available, true)
+    await manager.edit(url, d => {
+      d.members.splice(d.members.indexOf(bob.id), 1)
+    })
+    const early = client.change(url, d => {
+      d.messages.push(message(bob, "written while still a member"))
+    }, { at: withBob })
+    const outcome = await client.outcome(url, early)
+    // The server need not acknowledge it to Bob (he may no longer read the
+    // document), but it must store it.
+    assert.equal(outcome.refused, undefined, `not refused (got ${JSON.stringify(outcome)})`)
+    await waitFor(async () => A.hasHeads((await manager.read(url)).automerge, [early]), {
+      timeoutMs: 5_000,
+      intervalMs: 250,
+      what: "the message written before the removal is stored",
+    })
+  })
+
   test("story: a message written offline before a member's removal still lands", async () => {
     // Step 1: Olive's question; a manager adds Bob, who opens it on his phone.
     const olive = await community.signUp("Olive")
