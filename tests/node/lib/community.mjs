@@ -357,6 +357,8 @@ export async function expectRefused(person, urlOrId, fn, { rule, checker, actor,
   assert.equal(outcome.accepted, false, `${person}'s forged change ${hash.slice(0, 8)} must be refused, but the server acknowledged it`)
   assert.ok(!outcome.unavailable, `a refused write gets an error, not doc-unavailable, for a document ${person} can read`)
   assert.equal(typeof outcome.refused, "string", `the server sends an error message before closing (close code ${outcome.closeCode}; received ${client.describeFrames()})`)
+  // RULES_TRACE=1 prints each refusal, to check a test is refused for the reason it means.
+  if (process.env.RULES_TRACE) console.log(`refused: ${outcome.refused}`)
   if (rule) assert.match(outcome.refused, rule, "the error names the rule")
   assert.ok(client.closed, "the server closes the refused connection")
   await expectNotStored(checker ?? person, documentId, hash, before)
