@@ -323,9 +323,9 @@ describe("a published post", () => {
       assert.equal(doc.replies[0].deleted, true)
     })
 
-    for (const who of ["other member", "host", "manager"]) {
-      test(`a ${who} may not edit someone else's reply body`, async () => {
-        const writer = { "other member": other, host, manager }[who]
+    for (const who of ["another member", "a host", "a manager"]) {
+      test(`${who} may not edit someone else's reply body`, async () => {
+        const writer = { "another member": other, "a host": host, "a manager": manager }[who]
         const url = await postWithReply()
         await expectRefused(writer, url, d => {
           d.replies[0].body = "rewritten"
@@ -333,9 +333,9 @@ describe("a published post", () => {
       })
     }
 
-    for (const who of ["other member", "host"]) {
-      test(`a ${who} may not mark someone else's reply deleted`, async () => {
-        const writer = { "other member": other, host }[who]
+    for (const who of ["another member", "a host"]) {
+      test(`${who} may not mark someone else's reply deleted`, async () => {
+        const writer = { "another member": other, "a host": host }[who]
         const url = await postWithReply()
         await expectRefused(writer, url, d => {
           d.replies[0].deleted = true
