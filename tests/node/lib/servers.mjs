@@ -307,6 +307,93 @@ export async function registerUser(httpUrl, { email, password, display_name }) {
   }
 }
 
+/**
+ * POST /api/auth/login. Returns {user, access_token, refresh_token, expires_in};
+ * throws an Error with the status and body on any non-2xx answer.
+ */
+export async function loginUser(httpUrl, { email, password }) {
+  const url = new URL("/api/auth/login", httpUrl)
+  const res = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", accept: "application/json" },
+    body: JSON.stringify({ email, password }),
+  })
+  const text = await res.text()
+  if (!res.ok) throw new Error(`POST ${url.pathname} for ${email} failed: ${res.status} ${res.statusText}: ${text}`)
+  return JSON.parse(text)
+}
+
+/**
+ * GET a JSON API path with a bearer token; resolves to {status, body} (body
+ * parsed when it is JSON, else the text).
+ */
+export async function apiGet(httpUrl, pathname, token) {
+  const res = await fetch(new URL(pathname, httpUrl), {
+    headers: { accept: "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+  })
+  const text = await res.text()
+  let body = text
+  try {
+    body = JSON.parse(text)
+  } catch {
+    // not JSON: keep the text
+  }
+  return { status: res.status, body }
+}
+
+/**
+ * Sends a JSON body to an API path (PUT, POST, DELETE) with a bearer token;
+ * resolves to {status, body} like apiGet.
+ */
+export async function apiSend(httpUrl, method, pathname, token, payload) {
+  const res = await fetch(new URL(pathname, httpUrl), {
+    method,
+    headers: {
+      accept: "application/json",
+      ...(payload === undefined ? {} : { "content-type": "application/json" }),
+      ...(token ? { authorization: `Bearer ${token}` } : {}),
+    },
+    body: payload === undefined ? undefined : JSON.stringify(payload),
+  })
+  const text = await res.text()
+  let body = text
+  try {
+    body = JSON.parse(text)
+  } catch {
+    // not JSON: keep the text
+  }
+  return { status: res.status, body }
+}
+
+/**
+ * `backchannel user add --data <dataDir> --email E --name N --role R`, the
+ * password on standard input. Must run while no server holds dataDir.
+ * Resolves to the new user's id (the command's stdout).
+ */
+export async function addUserWithCli({ binary = defaultBackchannelBinary(), dataDir, email, name, role, password }) {
+  fs.mkdirSync(dataDir, { recursive: true })
+  const child = spawn(binary, ["user", "add", "--data", dataDir, "--email", email, "--name", name, "--role", role], {
+    cwd: REPO_ROOT,
+    stdio: ["pipe", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: "warn", NO_COLOR: "1" },
+  })
+  track(child)
+  let stdout = ""
+  let stderr = ""
+  child.stdout.setEncoding("utf8")
+  child.stderr.setEncoding("utf8")
+  child.stdout.on("data", chunk => (stdout += chunk))
+  child.stderr.on("data", chunk => (stderr += chunk))
+  child.stdin.end(`${password}\n`)
+  // "close", not "exit": it waits for stdout to be read to its end.
+  const { code, signal } = await new Promise((resolve, reject) => {
+    child.once("error", reject)
+    child.once("close", (code, signal) => resolve({ code, signal }))
+  })
+  if (code !== 0) throw new Error(`backchannel user add ${email} (${role}) failed (code ${code}, signal ${signal}): ${stderr}`)
+  return stdout.trim()
+}
+
 // ---------------------------------------------------------------------------
 // targets: the same load code against either server
 
