@@ -262,6 +262,11 @@ impl EngineConfig {
 struct Peer<U> {
     connection: Arc<Connection<U>>,
     state: sync::State,
+    /// The heads of the last sync message we sent this peer. automerge takes
+    /// a peer's message with our own heads as proof we told it them, but we
+    /// hold acknowledgements until changes are durable, so only what we sent
+    /// counts.
+    announced: Vec<ChangeHash>,
 }
 
 struct Existing<U> {
@@ -594,7 +599,38 @@ impl<P: Policy> Engine<P> {
             };
             if !self.policy.may_read(&connection.user, view) {
                 existing.peers.remove(&connection.id);
-                effects.push(unavailable(&connection));
+                if is_request || sync_message.heads.is_empty() {
+                    effects.push(unavailable(&connection));
+                    return;
+                }
+                if sync_message.changes.is_empty() {
+                    // Heads without changes: answer exactly as for a document
+                    // we lack (asking for everything), so that offline work
+                    // can arrive and be judged, and nothing is revealed.
+                    let mut nothing = Automerge::new();
+                    let mut scratch = sync::State::new();
+                    if nothing
+                        .receive_sync_message(&mut scratch, sync_message)
+                        .is_ok()
+                        && let Some(reply) = nothing.generate_sync_message(&mut scratch)
+                    {
+                        effects.push(Effect::Send {
+                            connection: connection.id,
+                            message: Message::Sync(DocMessage {
+                                sender_id: self.config.server_peer_id.clone(),
+                                target_id: connection.peer_id.clone(),
+                                document_id,
+                                data: reply.encode(),
+                            }),
+                        });
+                    }
+                    return;
+                }
+                // Changes from someone who can no longer read the document
+                // (written offline before a removal, say) are judged as the
+                // rules say, at their dependencies; either way the sender
+                // learns nothing but `doc-unavailable`.
+                self.receive_from_outsider(document_id, connection, sync_message, effects);
                 return;
             }
         }
@@ -629,6 +665,7 @@ impl<P: Policy> Engine<P> {
                 .and_then(|storage_id| existing.stored_sync_states.get(storage_id).cloned())
                 .unwrap_or_default(),
             connection: connection.clone(),
+            announced: Vec::new(),
         });
         let creating = !existing.meta_stored;
         let before = existing.doc.get_heads();
@@ -692,6 +729,81 @@ impl<P: Policy> Engine<P> {
                         effects.push(Effect::Close {
                             connection: peer,
                             reason: format!("document {document_id} had to be reloaded: {reason}"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn receive_from_outsider(
+        &mut self,
+        document_id: DocumentId,
+        connection: Arc<Connection<P::User>>,
+        sync_message: sync::Message,
+        effects: &mut Vec<Effect<P::Summary>>,
+    ) {
+        let server_peer_id = self.config.server_peer_id.clone();
+        effects.push(Effect::Send {
+            connection: connection.id,
+            message: Message::DocUnavailable(DocUnavailable {
+                sender_id: server_peer_id,
+                target_id: connection.peer_id.clone(),
+                document_id,
+            }),
+        });
+        let Some(loaded) = loaded_mut(&mut self.documents, &document_id) else {
+            return;
+        };
+        let Some(existing) = loaded.existing.as_mut() else {
+            return;
+        };
+        let before = existing.doc.get_heads();
+        let mut scratch = sync::State::new();
+        let received = existing
+            .doc
+            .receive_sync_message(&mut scratch, sync_message);
+        if received.is_ok() && existing.doc.get_heads() == before {
+            return;
+        }
+        let changes = existing.doc.get_changes(&before);
+        let view = DocumentView {
+            id: &document_id,
+            doc: &existing.doc,
+            creator: &existing.creator,
+        };
+        let verdict = received
+            .map_err(|error| Refusal::new(error.to_string()))
+            .and_then(|()| {
+                self.policy
+                    .check_changes(&connection.user, view, &before, &changes, false)
+            });
+        match verdict {
+            Ok(()) => {
+                let user_id = self.policy.user_id(&connection.user).to_string();
+                record_accepted(
+                    &self.policy,
+                    &self.config,
+                    loaded,
+                    document_id,
+                    Unacknowledged {
+                        user_id,
+                        changes: changes.iter().map(Change::hash).collect(),
+                        ticket: None,
+                    },
+                    &changes,
+                    true,
+                    effects,
+                );
+            }
+            Err(_) => {
+                if rollback(existing, &before).is_err() {
+                    let peers: Vec<ConnectionId> = existing.peers.keys().copied().collect();
+                    self.documents.remove(&document_id);
+                    for peer in peers {
+                        effects.push(Effect::Close {
+                            connection: peer,
+                            reason: format!("document {document_id} had to be reloaded"),
                         });
                     }
                 }
@@ -862,7 +974,13 @@ impl<P: Policy> Engine<P> {
                 existing.peers.remove(&id);
                 continue;
             }
+            let heads = existing.doc.get_heads();
+            if peer.announced != heads {
+                // Forget what automerge inferred; tell the peer our durable heads.
+                peer.state.last_sent_heads.clear();
+            }
             if let Some(message) = existing.doc.generate_sync_message(&mut peer.state) {
+                peer.announced = heads;
                 effects.push(Effect::Send {
                     connection: id,
                     message: Message::Sync(DocMessage {
@@ -1094,6 +1212,7 @@ fn record_accepted<P: Policy>(
                 Peer {
                     connection: waiting,
                     state: sync::State::new(),
+                    announced: Vec::new(),
                 },
             );
             loaded.owed.insert(id);

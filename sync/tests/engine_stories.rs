@@ -839,3 +839,88 @@ fn describe_summarizes_a_stored_document_after_loading_it() {
         })
     );
 }
+
+#[test]
+fn a_change_is_acknowledged_even_when_a_message_with_the_same_heads_arrives_before_it_is_stored() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 1);
+    world.sync(ada, doc_id(1));
+    world.writes_are_durable_at_once = false;
+    world.edit(ada, doc_id(1), "n", 2);
+    world.sync(ada, doc_id(1));
+    // Before the change is durable, the client says again that it has it
+    // (a message without changes, carrying its heads).
+    let (doc, _) = &world.clients[ada].docs[&doc_id(1)];
+    let again = doc.generate_sync_message(&mut sync::State::new()).unwrap();
+    let connection = world.clients[ada].connection.clone();
+    world.input(Input::Message {
+        connection: connection.clone(),
+        message: DocumentMessage::Sync(DocMessage {
+            sender_id: connection.peer_id.clone(),
+            target_id: PeerId::new(SERVER),
+            document_id: doc_id(1),
+            data: again.encode(),
+        }),
+    });
+    world.writes_are_durable_at_once = true;
+    world.release_writes();
+    let heads = world.heads(ada, doc_id(1));
+    let (_, state) = &world.clients[ada].docs[&doc_id(1)];
+    assert_eq!(
+        state.shared_heads, heads,
+        "the server never said it stored the change"
+    );
+}
+
+#[test]
+fn changes_from_someone_who_lost_access_are_judged_stored_if_allowed_and_answered_as_missing() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 1);
+    world.make_public(ada, doc_id(1));
+    world.sync(ada, doc_id(1));
+    let bob = world.connect("bob", None);
+    world.sync(bob, doc_id(1));
+    assert_eq!(world.value(bob, doc_id(1), "n"), Some(1));
+    // Bob goes offline and writes; meanwhile Ada makes the document private.
+    world.disconnect(bob);
+    world.edit(bob, doc_id(1), "b", 7);
+    {
+        let (doc, _) = world.clients[ada].docs.get_mut(&doc_id(1)).unwrap();
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "public", false).unwrap();
+        tx.commit();
+    }
+    world.sync(ada, doc_id(1));
+    let bob = world.connect("bob", None);
+    {
+        let old = world.clients[bob - 1].docs.remove(&doc_id(1)).unwrap();
+        world.clients[bob]
+            .docs
+            .insert(doc_id(1), (old.0, sync::State::new()));
+    }
+    world.sync(bob, doc_id(1));
+    // Bob hears what he would hear of a document the server lacks: a request
+    // for his changes with no heads or changes of ours, then doc-unavailable.
+    let answers = world.received_about(bob, doc_id(1));
+    for answer in &answers {
+        if let Message::Sync(sync_message) = answer {
+            let decoded = sync::Message::decode(&sync_message.data).unwrap();
+            assert!(decoded.heads.is_empty() && decoded.changes.is_empty());
+        } else {
+            assert!(is_unavailable(answer), "{answer:?}");
+        }
+    }
+    assert!(answers.iter().any(|m| is_unavailable(m)));
+    assert_eq!(
+        world.value(ada, doc_id(1), "b"),
+        Some(7),
+        "the allowed change landed"
+    );
+    // A refused one is dropped, and still answered only as missing.
+    world.edit(bob, doc_id(1), "forbidden", 1);
+    world.sync(bob, doc_id(1));
+    assert!(world.clients[bob].closed.is_none());
+    assert_eq!(world.value(ada, doc_id(1), "forbidden"), None);
+}

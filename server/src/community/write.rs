@@ -494,7 +494,11 @@ impl WriteCheck<'_> {
         } else {
             Err(refuse(
                 "status-move",
-                format!("{:?} → {new:?} is not allowed for this user", facts.status),
+                format!(
+                    "this user may not move a post from {} to {}",
+                    status_name(facts.status),
+                    status_name(Some(new))
+                ),
             ))
         }
     }
@@ -704,6 +708,14 @@ impl WriteCheck<'_> {
             }
         }
         Ok(())
+    }
+}
+
+fn status_name(status: Option<PostStatus>) -> &'static str {
+    match status {
+        Some(PostStatus::Draft) | None => "draft",
+        Some(PostStatus::Published) => "published",
+        Some(PostStatus::Hidden) => "hidden",
     }
 }
 
