@@ -45,6 +45,8 @@ async function shutdownAfterServerLoss(repos) {
   for (const repo of repos) {
     for (const adapter of repo.networkSubsystem.adapters) {
       // Throws when no reconnect had been scheduled: nothing left to cancel.
+      // A reconnect still CONNECTING makes `ws` emit an error when closed.
+      adapter.socket?.on?.("error", () => {})
       try {
         adapter.disconnect()
       } catch {}

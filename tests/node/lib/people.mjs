@@ -185,6 +185,7 @@ export async function closeAll(repos) {
       // a socket the server closed makes the stock shutdown throw
     }
     for (const adapter of repo.networkSubsystem.adapters) {
+      adapter.socket?.on?.("error", () => {})
       try {
         adapter.disconnect()
       } catch {

@@ -585,8 +585,10 @@ export function serverStorageId(repo) {
 export async function waitUntilServerAcked(repo, handle, timeoutMs = 10_000) {
   const storageId = serverStorageId(repo)
   if (!storageId) return false
-  const target = handle.heads()
-  const acked = () => headsEqual(handle.getSyncInfo(storageId)?.lastHeads, target)
+  // Compare with the heads as they are now, not as they were at the call: a
+  // change from another peer may merge in meanwhile, and the server's answer
+  // then names the merged heads, which include ours.
+  const acked = () => headsEqual(handle.getSyncInfo(storageId)?.lastHeads, handle.heads())
   if (acked()) return true
   await new Promise((resolve, reject) => {
     const onRemote = () => {
