@@ -100,6 +100,33 @@ async fn index_size(hub: &SyncHub, index: DocumentId) -> usize {
     .unwrap_or(0)
 }
 
+/// (posts, fill seconds, p50, p95, CPU ms per update, wall ms per update)
+type Row = (usize, f64, Duration, Duration, f64, f64);
+
+/// The report is the benchmark's output: standard output, as a table.
+#[allow(clippy::print_stdout)]
+fn print_report(rows: &[Row]) {
+    println!(
+        "posts in the index | fill (s) | change → index p50 | p95 | CPU per update | wall per update"
+    );
+    for (size, fill, p50, p95, cpu, wall) in rows {
+        println!(
+            "{size:>18} | {fill:>8.1} | {:>15.2} ms | {:>6.2} ms | {cpu:>11.2} ms | {wall:>12.2} ms",
+            p50.as_secs_f64() * 1000.0,
+            p95.as_secs_f64() * 1000.0,
+        );
+    }
+    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+        println!(
+            "ratio {} posts / {} posts: p50 latency {:.2}×, CPU per update {:.2}×",
+            last.0,
+            first.0,
+            last.2.as_secs_f64() / first.2.as_secs_f64(),
+            last.4 / first.4.max(f64::EPSILON),
+        );
+    }
+}
+
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let options = Options::parse();
@@ -189,25 +216,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
-    println!(
-        "posts in the index | fill (s) | change → index p50 | p95 | CPU per update | wall per update"
-    );
-    for (size, fill, p50, p95, cpu, wall) in &rows {
-        println!(
-            "{size:>18} | {fill:>8.1} | {:>15.2} ms | {:>6.2} ms | {cpu:>11.2} ms | {wall:>12.2} ms",
-            p50.as_secs_f64() * 1000.0,
-            p95.as_secs_f64() * 1000.0,
-        );
-    }
-    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
-        println!(
-            "ratio {} posts / {} posts: p50 latency {:.2}×, CPU per update {:.2}×",
-            last.0,
-            first.0,
-            last.2.as_secs_f64() / first.2.as_secs_f64(),
-            last.4 / first.4.max(f64::EPSILON),
-        );
-    }
+    print_report(&rows);
     kept.stop();
     hub.shutdown();
     Ok(())
