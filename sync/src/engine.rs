@@ -719,19 +719,36 @@ impl<P: Policy> Engine<P> {
                 });
                 if creating {
                     loaded.existing = None;
-                } else if let Err(reason) = rollback(existing, &before) {
-                    // Our own heads of a moment ago cannot fail to fork; if they
-                    // somehow do, forget the document: the store has its durable
-                    // state, and its peers resync from that after reconnecting.
-                    let peers: Vec<ConnectionId> = existing.peers.keys().copied().collect();
-                    self.documents.remove(&document_id);
-                    for peer in peers {
-                        effects.push(Effect::Close {
-                            connection: peer,
-                            reason: format!("document {document_id} had to be reloaded: {reason}"),
-                        });
-                    }
+                } else {
+                    self.roll_back(document_id, &before, effects);
                 }
+            }
+        }
+    }
+
+    /// Drops the changes applied since `before`. Our own heads of a moment
+    /// ago cannot fail to fork; if they somehow do, forget the document: the
+    /// store has its durable state, and its peers resync from that after
+    /// reconnecting.
+    fn roll_back(
+        &mut self,
+        document_id: DocumentId,
+        before: &[ChangeHash],
+        effects: &mut Vec<Effect<P::Summary>>,
+    ) {
+        let Some(existing) =
+            loaded_mut(&mut self.documents, &document_id).and_then(|l| l.existing.as_mut())
+        else {
+            return;
+        };
+        if let Err(reason) = rollback(existing, before) {
+            let peers: Vec<ConnectionId> = existing.peers.keys().copied().collect();
+            self.documents.remove(&document_id);
+            for peer in peers {
+                effects.push(Effect::Close {
+                    connection: peer,
+                    reason: format!("document {document_id} had to be reloaded: {reason}"),
+                });
             }
         }
     }
@@ -796,18 +813,7 @@ impl<P: Policy> Engine<P> {
                     effects,
                 );
             }
-            Err(_) => {
-                if rollback(existing, &before).is_err() {
-                    let peers: Vec<ConnectionId> = existing.peers.keys().copied().collect();
-                    self.documents.remove(&document_id);
-                    for peer in peers {
-                        effects.push(Effect::Close {
-                            connection: peer,
-                            reason: format!("document {document_id} had to be reloaded"),
-                        });
-                    }
-                }
-            }
+            Err(_) => self.roll_back(document_id, &before, effects),
         }
     }
 

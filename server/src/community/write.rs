@@ -166,18 +166,7 @@ impl WriteCheck<'_> {
             }
             return Ok(());
         };
-        let Some(doc_type) = DocType::parse(&type_name) else {
-            return Err(refuse(
-                "unknown-type",
-                format!("unknown document type {type_name:?}"),
-            ));
-        };
-        if doc_type.is_server_kept() {
-            return Err(refuse(
-                "server-only",
-                format!("only the server writes the {}", doc_type.name()),
-            ));
-        }
+        let doc_type = client_writable_type(&type_name)?;
         let ops = DecodedOps::of(change)?;
         let mut touched = Touched::default();
         for (index, op) in ops.ops.iter().enumerate() {
@@ -548,18 +537,7 @@ impl WriteCheck<'_> {
 
     /// The change that gives a document its type must leave it valid.
     fn validate_new_document(&self, type_name: &str, after: At<'_>) -> Result<(), Refusal> {
-        let Some(doc_type) = DocType::parse(type_name) else {
-            return Err(refuse(
-                "unknown-type",
-                format!("unknown document type {type_name:?}"),
-            ));
-        };
-        if doc_type.is_server_kept() {
-            return Err(refuse(
-                "server-only",
-                format!("only the server creates the {}", doc_type.name()),
-            ));
-        }
+        let doc_type = client_writable_type(type_name)?;
         let fields: &[&str] = match doc_type {
             DocType::Post => &POST_FIELDS,
             DocType::Conversation => &CONVERSATION_FIELDS,
@@ -709,6 +687,23 @@ impl WriteCheck<'_> {
         }
         Ok(())
     }
+}
+
+/// A known type that clients may write (not one the server keeps).
+fn client_writable_type(type_name: &str) -> Result<DocType, Refusal> {
+    let doc_type = DocType::parse(type_name).ok_or_else(|| {
+        refuse(
+            "unknown-type",
+            format!("unknown document type {type_name:?}"),
+        )
+    })?;
+    if doc_type.is_server_kept() {
+        return Err(refuse(
+            "server-only",
+            format!("only the server writes the {}", doc_type.name()),
+        ));
+    }
+    Ok(doc_type)
 }
 
 fn status_name(status: Option<PostStatus>) -> &'static str {

@@ -155,6 +155,12 @@ async fn promote(
     Ok(HttpResponse::Created().json(serde_json::json!({ "url": post.url() })))
 }
 
+/// The whole catalog, read off the request workers.
+async fn read_catalog(state: &AppState) -> Result<catalog::Everything, ApiError> {
+    let store = state.store.clone();
+    Ok(web::block(move || catalog::everything(store.as_ref())).await??)
+}
+
 #[derive(Deserialize)]
 struct NeedsQuery {
     since: Option<String>,
@@ -215,8 +221,7 @@ async fn needs(
             ));
         }
     };
-    let store = state.store.clone();
-    let everything = web::block(move || catalog::everything(store.as_ref())).await??;
+    let everything = read_catalog(&state).await?;
     let needs = catalog::needs(&everything, since, until);
     Ok(if csv {
         HttpResponse::Ok()
@@ -252,8 +257,7 @@ async fn community_metrics(
                 )
             })?,
     };
-    let store = state.store.clone();
-    let everything = web::block(move || catalog::everything(store.as_ref())).await??;
+    let everything = read_catalog(&state).await?;
     let table = catalog::weekly(&everything, kept::now(), weeks);
     Ok(HttpResponse::Ok().json(serde_json::json!({ "weeks": table })))
 }

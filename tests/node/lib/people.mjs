@@ -2,12 +2,19 @@
 // with `backchannel user add`, as an operator would), the JSON API, the SPEC
 // §4 document shapes, and waiting for a document to reach a state.
 
-import { spawn } from "node:child_process"
 import fs from "node:fs"
 import os from "node:os"
 import path from "node:path"
 
-import { defaultBackchannelBinary, makeClient, randomId, waitForPeer, waitUntilServerAcked } from "./servers.mjs"
+import {
+  addUserWithCli,
+  apiSend,
+  defaultBackchannelBinary,
+  makeClient,
+  randomId,
+  waitForPeer,
+  waitUntilServerAcked,
+} from "./servers.mjs"
 
 export const PASSWORD = "community password"
 
@@ -17,42 +24,12 @@ export function tempDir(name) {
 
 /** `backchannel user add` (the server must not be running on dataDir). Resolves with the new id. */
 export function addUser(dataDir, { email, name, role }, binary = process.env.BACKCHANNEL_BIN ?? defaultBackchannelBinary()) {
-  fs.mkdirSync(dataDir, { recursive: true })
-  return new Promise((resolve, reject) => {
-    const child = spawn(binary, ["user", "add", "--data", dataDir, "--email", email, "--name", name, "--role", role], {
-      stdio: ["pipe", "pipe", "pipe"],
-      env: { ...process.env, RUST_LOG: "warn", NO_COLOR: "1" },
-    })
-    let out = ""
-    let err = ""
-    child.stdout.on("data", chunk => (out += chunk))
-    child.stderr.on("data", chunk => (err += chunk))
-    child.on("exit", code => (code === 0 ? resolve(out.trim()) : reject(new Error(`user add failed (${code}): ${err}`))))
-    child.stdin.end(`${PASSWORD}\n`)
-  })
+  return addUserWithCli({ binary, dataDir, email, name, role, password: PASSWORD })
 }
 
 /** A small JSON client for one server and (optionally) one access token. */
 export function api(httpUrl, token) {
-  const call = async (method, pathname, body) => {
-    const res = await fetch(new URL(pathname, httpUrl), {
-      method,
-      headers: {
-        accept: "application/json",
-        ...(body === undefined ? {} : { "content-type": "application/json" }),
-        ...(token ? { authorization: `Bearer ${token}` } : {}),
-      },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    })
-    const text = await res.text()
-    let json = null
-    try {
-      json = text ? JSON.parse(text) : null
-    } catch {
-      json = null
-    }
-    return { status: res.status, body: json, text, headers: res.headers }
-  }
+  const call = (method, pathname, body) => apiSend(httpUrl, method, pathname, token, body)
   return {
     get: p => call("GET", p),
     post: (p, body = {}) => call("POST", p, body),

@@ -328,22 +328,12 @@ export async function loginUser(httpUrl, { email, password }) {
  * parsed when it is JSON, else the text).
  */
 export async function apiGet(httpUrl, pathname, token) {
-  const res = await fetch(new URL(pathname, httpUrl), {
-    headers: { accept: "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
-  })
-  const text = await res.text()
-  let body = text
-  try {
-    body = JSON.parse(text)
-  } catch {
-    // not JSON: keep the text
-  }
-  return { status: res.status, body }
+  return apiSend(httpUrl, "GET", pathname, token)
 }
 
 /**
  * Sends a JSON body to an API path (PUT, POST, DELETE) with a bearer token;
- * resolves to {status, body} like apiGet.
+ * resolves to {status, body, text, headers}, body parsed when it is JSON.
  */
 export async function apiSend(httpUrl, method, pathname, token, payload) {
   const res = await fetch(new URL(pathname, httpUrl), {
@@ -362,7 +352,7 @@ export async function apiSend(httpUrl, method, pathname, token, payload) {
   } catch {
     // not JSON: keep the text
   }
-  return { status: res.status, body }
+  return { status: res.status, body, text, headers: res.headers }
 }
 
 /**
