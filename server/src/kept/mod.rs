@@ -320,12 +320,18 @@ struct Projector {
 
 impl Projector {
     fn run(mut self, feed: mpsc::Receiver<ProjectorInput>) {
-        if let Ok(users) = self.auth.all_users() {
-            for (user, _) in users {
-                if user.role == Role::Manager {
-                    self.managers.insert(user.id.clone());
-                }
-                self.names.insert(user.id, user.display_name);
+        let users = self.auth.all_users().unwrap_or_default();
+        for (user, _) in &users {
+            if user.role == Role::Manager {
+                self.managers.insert(user.id.clone());
+            }
+            self.names
+                .insert(user.id.clone(), user.display_name.clone());
+        }
+        // Accounts made or changed with the CLI while the server was stopped.
+        for (user, _) in &users {
+            if let Err(error) = self.match_inbox_to_role(user) {
+                tracing::error!(%error, user = %user.id, "could not rebuild an inbox");
             }
         }
         while let Ok(input) = feed.recv() {
@@ -472,11 +478,11 @@ impl Projector {
             .map_err(|error| StoreError::Backend(error.to_string()))?;
         self.names
             .insert(user.id.clone(), user.display_name.clone());
-        let was_manager = if user.role == Role::Manager {
-            !self.managers.insert(user.id.clone())
+        if user.role == Role::Manager {
+            self.managers.insert(user.id.clone());
         } else {
-            self.managers.remove(&user.id)
-        };
+            self.managers.remove(&user.id);
+        }
         let directory = self.kept.directory_id()?;
         let entry = vec![
             ("display_name", Field::Text(user.display_name.clone())),
@@ -490,18 +496,36 @@ impl Projector {
                 put_entry(tx, &users, &key, &entry)
             }),
         );
-        if was_manager == (user.role == Role::Manager) {
+        self.match_inbox_to_role(&user)
+    }
+
+    /// Rebuilds a user's inbox when their reach changed since it was last
+    /// built (`kept/inbox-reach/<user>`): a manager's lists every
+    /// conversation, anyone else's only theirs. A new member's empty inbox is
+    /// already right.
+    fn match_inbox_to_role(&mut self, user: &crate::auth::User) -> Result<(), StoreError> {
+        let store = self.kept.store.clone();
+        let key = format!("kept/inbox-reach/{}", user.id);
+        let reach: &[u8] = if user.role == Role::Manager {
+            b"all"
+        } else {
+            b"member"
+        };
+        let built = store.get(key.as_bytes())?;
+        if built.as_deref() == Some(reach) {
             return Ok(());
         }
-        let everything = catalog::everything(self.kept.store.as_ref())?;
-        for (id, conversation) in &everything.conversations {
-            let Ok(id) = DocumentId::parse_url_or_id(id) else {
-                continue;
-            };
-            let reads = self.readers(conversation).contains(&user.id);
-            self.set_inbox_entry(&user.id, id, reads.then(|| inbox_entry(conversation)))?;
+        if built.is_some() || user.role == Role::Manager {
+            let everything = catalog::everything(store.as_ref())?;
+            for (id, conversation) in &everything.conversations {
+                let Ok(id) = DocumentId::parse_url_or_id(id) else {
+                    continue;
+                };
+                let reads = self.readers(conversation).contains(&user.id);
+                self.set_inbox_entry(&user.id, id, reads.then(|| inbox_entry(conversation)))?;
+            }
         }
-        Ok(())
+        store.put(key.as_bytes(), reach)
     }
 }
 

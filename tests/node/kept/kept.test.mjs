@@ -261,4 +261,20 @@ describe("documents the server keeps", () => {
     reply(copy, again)
     await waitForDoc(index, doc => doc.posts[post.documentId].reply_count === 1, { what: "the reply count after a restart" })
   })
+
+  test("a manager added with the CLI while the server was stopped finds every earlier conversation in their inbox", async () => {
+    const ada = await signUp(server.httpUrl, "Ada")
+    const adaRepo = track(await connect(server, ada))
+    const conversation = newConversation(adaRepo, ada, { subject: "Before the new manager" })
+    await waitUntilServerAcked(adaRepo, conversation)
+    await closeAll([adaRepo])
+
+    await server.stop()
+    await addUser(dataDir, { email: "kim@example.org", name: "Kim", role: "manager" }, BINARY)
+    server = await startBackchannelServer({ binary: BINARY, dataDir })
+    const kim = await login(server.httpUrl, "kim@example.org")
+    const kimRepo = track(await connect(server, kim))
+    const inbox = await kimRepo.find((await startDocs(server.httpUrl, kim)).inbox)
+    await waitForDoc(inbox, doc => doc.conversations?.[conversation.documentId], { what: "the earlier conversation" })
+  })
 })
