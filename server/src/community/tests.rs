@@ -387,6 +387,20 @@ fn nobody_edits_another_persons_reply() {
 }
 
 #[test]
+fn a_replys_body_stays_text() {
+    let mut scene = published_post_by(&ada());
+    scene.write(&bob(), reply(&scene, "bob")).unwrap();
+    let item = scene.item("replies", 0);
+    assert_refused(
+        scene.write(&bob(), move |tx| {
+            let map = tx.put_object(&item, "body", ObjType::Map).unwrap();
+            tx.put(&map, "html", "<b>hi</b>").unwrap();
+        }),
+        "invalid-value",
+    );
+}
+
+#[test]
 fn a_replys_author_or_a_manager_marks_it_deleted_but_no_one_else() {
     let mut scene = published_post_by(&ada());
     scene.write(&bob(), reply(&scene, "bob")).unwrap();

@@ -300,7 +300,10 @@ impl WriteCheck<'_> {
                 let reply_author = seen.text(&reply, "author");
                 let is_reply_author = reply_author.as_deref() == Some(self.user.id.as_str());
                 match field {
-                    "body" if is_reply_author => Ok(()),
+                    "body" if is_reply_author => {
+                        touched.reply_bodies.push(reply);
+                        Ok(())
+                    }
                     "deleted" if is_reply_author || self.is_manager() => {
                         touched.reply_flags.push(reply);
                         Ok(())
@@ -410,6 +413,11 @@ impl WriteCheck<'_> {
             }
             if place.depth() == 2 && field == "messages" && doc_type == DocType::Conversation {
                 self.validate_item(after, object, &MESSAGE_FIELDS, "message")?;
+            }
+        }
+        for reply in &touched.reply_bodies {
+            if after.text(reply, "body").is_none() {
+                return Err(refuse("invalid-value", "a reply's `body` is text"));
             }
         }
         for reply in &touched.reply_flags {
@@ -742,6 +750,7 @@ fn valid_publish(after: At<'_>) -> Result<(), Refusal> {
 struct Touched {
     root: HashSet<String>,
     reply_flags: Vec<ObjId>,
+    reply_bodies: Vec<ObjId>,
     new_objects: Vec<(Place, ObjId)>,
 }
 
