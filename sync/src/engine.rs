@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transaction;
-use automerge::{ActorId, Automerge, AutomergeError, Change, ChangeHash};
+use automerge::{ActorId, Automerge, AutomergeError, Change, ChangeHash, ReadDoc};
 
 use crate::ids::{DocumentId, PeerId, StorageId};
 use crate::messages::{DocMessage, DocUnavailable, Ephemeral, Message};
@@ -278,7 +278,20 @@ struct Existing<U> {
     peers: HashMap<ConnectionId, Peer<U>>,
     stored_sync_states: HashMap<StorageId, sync::State>,
     last_ephemeral: HashMap<(PeerId, String), u64>,
+    orphans: Orphans,
 }
+
+/// Changes automerge holds back until their dependencies arrive (a peer's
+/// changes can come out of order, and the sync protocol relies on the
+/// receiver keeping them). They belong to the one connection that sent them.
+#[derive(Default)]
+struct Orphans {
+    sender: Option<ConnectionId>,
+    bytes: usize,
+}
+
+/// At most this much may wait for missing dependencies in one document.
+const MAX_ORPHAN_BYTES: usize = 16 * 1024 * 1024;
 
 struct Loaded<U> {
     existing: Option<Existing<U>>,
@@ -477,6 +490,7 @@ impl<P: Policy> Engine<P> {
                         peers: HashMap::new(),
                         stored_sync_states: stored.sync_states.into_iter().collect(),
                         last_ephemeral: HashMap::new(),
+                        orphans: Orphans::default(),
                     }
                 });
                 entry.slot = Slot::Loaded(Box::new(Loaded {
@@ -669,19 +683,35 @@ impl<P: Policy> Engine<P> {
         });
         let creating = !existing.meta_stored;
         let before = existing.doc.get_heads();
-        let received = existing
-            .doc
-            .receive_sync_message(&mut peer.state, sync_message);
+        let received = apply_sync_message(
+            &mut existing.doc,
+            &mut existing.orphans,
+            &mut peer.state,
+            sync_message,
+            connection.id,
+        );
         let after = existing.doc.get_heads();
         let verdict = match received {
-            Err(error) => Err(Refusal::new(format!(
+            Applied::Broken => {
+                effects.push(Effect::Close {
+                    connection: connection.id,
+                    reason: format!("malformed changes for {document_id}"),
+                });
+                self.forget_document(
+                    document_id,
+                    &format!("document {document_id} had to be reloaded"),
+                    effects,
+                );
+                return;
+            }
+            Applied::Failed(error) => Err(Refusal::new(format!(
                 "the automerge sync message for {document_id} could not be applied: {error}"
             ))),
-            Ok(()) if after == before => {
+            Applied::Done if after == before => {
                 loaded.owed.insert(connection.id);
                 return;
             }
-            Ok(()) => {
+            Applied::Done => {
                 let changes = existing.doc.get_changes(&before);
                 let view = DocumentView {
                     id: &document_id,
@@ -742,14 +772,11 @@ impl<P: Policy> Engine<P> {
             return;
         };
         if let Err(reason) = rollback(existing, before) {
-            let peers: Vec<ConnectionId> = existing.peers.keys().copied().collect();
-            self.documents.remove(&document_id);
-            for peer in peers {
-                effects.push(Effect::Close {
-                    connection: peer,
-                    reason: format!("document {document_id} had to be reloaded: {reason}"),
-                });
-            }
+            self.forget_document(
+                document_id,
+                &format!("document {document_id} had to be reloaded: {reason}"),
+                effects,
+            );
         }
     }
 
@@ -777,24 +804,41 @@ impl<P: Policy> Engine<P> {
         };
         let before = existing.doc.get_heads();
         let mut scratch = sync::State::new();
-        let received = existing
-            .doc
-            .receive_sync_message(&mut scratch, sync_message);
-        if received.is_ok() && existing.doc.get_heads() == before {
-            return;
-        }
+        let received = apply_sync_message(
+            &mut existing.doc,
+            &mut existing.orphans,
+            &mut scratch,
+            sync_message,
+            connection.id,
+        );
+        let refused = || Effect::Close {
+            connection: connection.id,
+            reason: "refused: the document is unavailable".to_string(),
+        };
+        let verdict = match received {
+            Applied::Broken => {
+                effects.push(refused());
+                self.forget_document(
+                    document_id,
+                    &format!("document {document_id} had to be reloaded"),
+                    effects,
+                );
+                return;
+            }
+            Applied::Done if existing.doc.get_heads() == before => return,
+            Applied::Failed(error) => Err(Refusal::new(error)),
+            Applied::Done => Ok(()),
+        };
         let changes = existing.doc.get_changes(&before);
         let view = DocumentView {
             id: &document_id,
             doc: &existing.doc,
             creator: &existing.creator,
         };
-        let verdict = received
-            .map_err(|error| Refusal::new(error.to_string()))
-            .and_then(|()| {
-                self.policy
-                    .check_changes(&connection.user, view, &before, &changes, false)
-            });
+        let verdict = verdict.and_then(|()| {
+            self.policy
+                .check_changes(&connection.user, view, &before, &changes, false)
+        });
         match verdict {
             Ok(()) => {
                 let user_id = self.policy.user_id(&connection.user).to_string();
@@ -813,7 +857,11 @@ impl<P: Policy> Engine<P> {
                     effects,
                 );
             }
-            Err(_) => self.roll_back(document_id, &before, effects),
+            Err(_) => {
+                // Closing makes each attempt cost the sender a reconnect.
+                effects.push(refused());
+                self.roll_back(document_id, &before, effects);
+            }
         }
     }
 
@@ -1046,6 +1094,22 @@ impl<P: Policy> Engine<P> {
         // The changes in memory are not durable and must never be acknowledged:
         // forget the document and close its peers, who still hold their changes
         // and will send them again after reconnecting.
+        self.forget_document(
+            document_id,
+            &format!("the server could not store changes to {document_id}: {reason}"),
+            effects,
+        );
+    }
+
+    /// Drops a document from memory (the store keeps its durable state),
+    /// closing every connection that has it open or waits on it and failing
+    /// the server edits that wait on it.
+    fn forget_document(
+        &mut self,
+        document_id: DocumentId,
+        reason: &str,
+        effects: &mut Vec<Effect<P::Summary>>,
+    ) {
         let Some(entry) = self.documents.remove(&document_id) else {
             return;
         };
@@ -1070,15 +1134,13 @@ impl<P: Policy> Engine<P> {
         for connection in to_close {
             effects.push(Effect::Close {
                 connection,
-                reason: format!("the server could not store changes to {document_id}: {reason}"),
+                reason: reason.to_string(),
             });
         }
         for ticket in tickets {
             effects.push(Effect::EditDone {
                 ticket,
-                result: Err(format!(
-                    "the server could not store changes to {document_id}: {reason}"
-                )),
+                result: Err(reason.to_string()),
             });
         }
     }
@@ -1138,6 +1200,65 @@ impl<P: Policy> Engine<P> {
     }
 }
 
+/// How applying a peer's sync message went.
+enum Applied {
+    Done,
+    Failed(String),
+    /// automerge panicked on a malformed change: the document in memory can
+    /// no longer be trusted.
+    Broken,
+}
+
+/// Applies a peer's sync message from connection `from`. Changes waiting
+/// for dependencies stay only while the same connection keeps sending and
+/// below a size limit; otherwise they are dropped (a later change would be
+/// judged as whoever completed them) and the sync protocol asks again.
+fn apply_sync_message(
+    doc: &mut Automerge,
+    orphans: &mut Orphans,
+    state: &mut sync::State,
+    message: sync::Message,
+    from: ConnectionId,
+) -> Applied {
+    if orphans.sender.is_some_and(|sender| sender != from) && drop_orphans(doc, orphans).is_err() {
+        return Applied::Broken;
+    }
+    let size: usize = message.changes.iter().map(<[u8]>::len).sum();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        doc.receive_sync_message(state, message)
+    }));
+    match outcome {
+        Err(_) => Applied::Broken,
+        Ok(Err(error)) => Applied::Failed(error.to_string()),
+        Ok(Ok(())) if doc.get_missing_deps(&[]).is_empty() => {
+            *orphans = Orphans::default();
+            Applied::Done
+        }
+        Ok(Ok(())) => {
+            orphans.sender = Some(from);
+            orphans.bytes += size;
+            if orphans.bytes > MAX_ORPHAN_BYTES {
+                return match drop_orphans(doc, orphans) {
+                    Ok(()) => Applied::Failed(
+                        "too many changes arrived before the changes they depend on".into(),
+                    ),
+                    Err(()) => Applied::Broken,
+                };
+            }
+            Applied::Done
+        }
+    }
+}
+
+/// Forgets the changes waiting for dependencies, keeping everything applied.
+fn drop_orphans(doc: &mut Automerge, orphans: &mut Orphans) -> Result<(), ()> {
+    *orphans = Orphans::default();
+    let actor = doc.get_actor().clone();
+    let applied_only = doc.fork_at(&doc.get_heads()).map_err(drop)?;
+    *doc = applied_only.with_actor(actor);
+    Ok(())
+}
+
 /// The user id recorded for changes the server makes itself.
 pub const SERVER_USER: &str = "server";
 
@@ -1153,6 +1274,7 @@ impl<U> Existing<U> {
             peers: HashMap::new(),
             stored_sync_states: HashMap::new(),
             last_ephemeral: HashMap::new(),
+            orphans: Orphans::default(),
         }
     }
 }
@@ -1247,5 +1369,6 @@ fn rollback<U>(existing: &mut Existing<U>, before: &[ChangeHash]) -> Result<(), 
         .map_err(|error| error.to_string())?;
     restored.set_actor(actor);
     existing.doc = restored;
+    existing.orphans = Orphans::default();
     Ok(())
 }

@@ -918,9 +918,56 @@ fn changes_from_someone_who_lost_access_are_judged_stored_if_allowed_and_answere
         Some(7),
         "the allowed change landed"
     );
-    // A refused one is dropped, and still answered only as missing.
+    // A refused one is dropped, and the connection closed without naming
+    // any rule of the document.
     world.edit(bob, doc_id(1), "forbidden", 1);
     world.sync(bob, doc_id(1));
-    assert!(world.clients[bob].closed.is_none());
+    let reason = world.clients[bob].closed.clone().unwrap_or_default();
+    assert!(
+        reason.contains("unavailable") && !reason.contains("forbidden"),
+        "{reason}"
+    );
     assert_eq!(world.value(ada, doc_id(1), "forbidden"), None);
+}
+
+#[test]
+fn changes_waiting_for_their_dependencies_land_once_those_arrive() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 1);
+    world.sync(ada, doc_id(1));
+    // Two changes; the second reaches the server first.
+    let (doc, _) = world.clients[ada].docs.get_mut(&doc_id(1)).unwrap();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "first", 1).unwrap();
+    tx.commit();
+    let first = doc.get_last_local_change().unwrap().clone();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "second", 2).unwrap();
+    tx.commit();
+    let second = doc.get_last_local_change().unwrap().clone();
+    let heads = doc.get_heads();
+    let connection = world.clients[ada].connection.clone();
+    for change in [second, first] {
+        let message = sync::Message {
+            heads: heads.clone(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: vec![change.raw_bytes().to_vec()].into(),
+            flags: None,
+            version: sync::MessageVersion::V1,
+        };
+        world.input(Input::Message {
+            connection: connection.clone(),
+            message: DocumentMessage::Sync(DocMessage {
+                sender_id: connection.peer_id.clone(),
+                target_id: PeerId::new(SERVER),
+                document_id: doc_id(1),
+                data: message.encode(),
+            }),
+        });
+    }
+    let laptop = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+    assert_eq!(world.value(laptop, doc_id(1), "second"), Some(2));
 }

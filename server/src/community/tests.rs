@@ -776,3 +776,140 @@ fn nobody_writes_to_the_index() {
         "server-only",
     );
 }
+
+// ---- changes built on old or empty histories ------------------------------
+
+impl Scene {
+    /// One message carrying changes made on separate devices.
+    fn write_message(&mut self, who: &SyncUser, devices: Vec<Automerge>) -> Result<(), Refusal> {
+        let before = self.doc.get_heads();
+        let mut changes = Vec::new();
+        for device in &devices {
+            for change in device.get_changes(&[]) {
+                if self.doc.get_change_by_hash(&change.hash()).is_none() {
+                    changes.push(change);
+                }
+            }
+        }
+        self.doc.apply_changes(changes.clone()).unwrap();
+        let verdict = WriteCheck {
+            doc: &self.doc,
+            user: who,
+            creator: &self.creator,
+            actors: &self.actors,
+        }
+        .check(&before, &changes);
+        if verdict.is_err() {
+            self.doc = self.doc.fork_at(&before).unwrap();
+        }
+        verdict
+    }
+}
+
+#[test]
+fn a_change_built_on_an_empty_history_is_judged_under_the_documents_type() {
+    let mut scene = conversation_opened_by(&ada());
+    assert_refused(
+        scene.write_at(&ada(), &[], ActorId::random(), |tx| {
+            let list = tx.put_object(ROOT, "members", ObjType::List).unwrap();
+            text_in_list(tx, &list, 0, "ada");
+            text_in_list(tx, &list, 1, "bob");
+        }),
+        "managers-only",
+    );
+    assert!(!scene.can_read(&bob()));
+}
+
+#[test]
+fn a_creation_is_judged_on_the_merge_of_its_changes() {
+    let mut scene = Scene::new(&ada());
+    let mut first = Automerge::new().with_actor(ActorId::random());
+    let mut tx = first.transaction();
+    new_post(&mut tx, "ada", "published");
+    tx.commit();
+    let mut second = Automerge::new().with_actor(ActorId::from([0xff; 16]));
+    let mut tx = second.transaction();
+    // Enough ops first that this `author` wins the conflict.
+    let scratch = tx.put_object(ROOT, "scratch", ObjType::Text).unwrap();
+    tx.splice_text(&scratch, 0, 0, &"x".repeat(50)).unwrap();
+    tx.delete(ROOT, "scratch").unwrap();
+    text(&mut tx, &ROOT, "author", "bob");
+    tx.commit();
+    let refusal = scene
+        .write_message(&ada(), vec![first, second])
+        .unwrap_err();
+    assert!(refusal.rule.contains("`author`"), "{refusal}");
+}
+
+#[test]
+fn a_change_made_while_the_post_was_a_draft_is_judged_as_published_once_it_is() {
+    let mut scene = Scene::new(&ada());
+    scene
+        .write(&ada(), |tx| new_post(tx, "ada", "draft"))
+        .unwrap();
+    let while_draft = scene.doc.get_heads();
+    scene
+        .write(&ada(), set_text(ROOT, "status", "published"))
+        .unwrap();
+    scene.write(&bob(), reply(&scene, "bob")).unwrap();
+    assert_refused(
+        scene.write_at(&ada(), &while_draft, ActorId::random(), |tx| {
+            tx.put_object(ROOT, "replies", ObjType::List).unwrap();
+        }),
+        "append-only",
+    );
+    assert_refused(
+        scene.write_at(&ada(), &while_draft, ActorId::random(), |tx| {
+            tx.put(ROOT, "locked", false).unwrap();
+        }),
+        "managers-only",
+    );
+    // Words written offline while it was a draft still land.
+    scene
+        .write_at(
+            &ada(),
+            &while_draft,
+            ActorId::random(),
+            set_text(ROOT, "body", "fixed a typo"),
+        )
+        .unwrap();
+}
+
+#[test]
+fn an_author_cannot_undo_a_managers_hide_with_a_value_written_on_older_heads() {
+    let mut scene = published_post_by(&ada());
+    let published = scene.doc.get_heads();
+    scene
+        .write(&meg(), set_text(ROOT, "status", "hidden"))
+        .unwrap();
+    // The largest actor wins the conflict on `status`.
+    assert_refused(
+        scene.write_at(
+            &ada(),
+            &published,
+            ActorId::from([0xff; 16]),
+            set_text(ROOT, "status", "published"),
+        ),
+        "status-move",
+    );
+    assert!(!scene.can_read(&bob()));
+}
+
+#[test]
+fn a_drafts_author_cannot_slip_someone_elses_reply_into_it() {
+    let mut scene = Scene::new(&ada());
+    scene
+        .write(&ada(), |tx| new_post(tx, "ada", "draft"))
+        .unwrap();
+    assert_refused(
+        scene.write(&ada(), |tx| {
+            let list = tx.put_object(ROOT, "replies", ObjType::List).unwrap();
+            let item = tx.insert_object(&list, 0, ObjType::Map).unwrap();
+            text(tx, &item, "id", "r1");
+            text(tx, &item, "author", "bob");
+            tx.put(&item, "created_at", 1).unwrap();
+            text(tx, &item, "body", "words bob never wrote");
+        }),
+        "own-name-only",
+    );
+}

@@ -106,10 +106,64 @@ impl WriteCheck<'_> {
                 }
             }
         }
+        let before_facts = DocFacts::read(At::heads(self.doc, before));
+        let Some(type_name) = before_facts.type_name.clone() else {
+            // A document without a type is its creator's alone; the message
+            // that gives it one must leave the merged result valid (each
+            // change on its own could look valid while their merge is not).
+            if self.creator != self.user.id {
+                return Err(refuse(
+                    "creator-only",
+                    "only its creator writes a document that has no type yet",
+                ));
+            }
+            let now = At::now(self.doc);
+            return match now.text(&ROOT, "type") {
+                Some(new_type) => self.validate_new_document(&new_type, now),
+                None => Ok(()),
+            };
+        };
+        let doc_type = client_writable_type(&type_name)?;
         for change in changes {
-            self.judge_change(change)?;
+            self.judge_change(change, doc_type, &before_facts)?;
         }
-        self.immutable_fields_kept(before)
+        self.immutable_fields_kept(before)?;
+        if doc_type == DocType::Post && At::now(self.doc).get(&ROOT, "status").is_some() {
+            // Judged per change above, and again on the merged result: a
+            // value written on old heads can win a conflict against a newer one.
+            self.validate_status_move(&before_facts, At::now(self.doc))?;
+        }
+        Ok(())
+    }
+
+    /// The state a change is judged on: identity (`author`, `opener`,
+    /// `owner`) from the document as it is, since it never changes; `status`,
+    /// `locked` and `members` as the change's author saw them. A change whose
+    /// author saw no type (built on an empty history) sees the document as it
+    /// is, and a post that was a draft then but is not now is judged as
+    /// published: "the author writes anything" lasts only while it is a draft.
+    fn effective_facts(seen: &DocFacts, now: &DocFacts) -> DocFacts {
+        let typed_then = seen.type_name.is_some();
+        let status = match (seen.status, now.status) {
+            _ if !typed_then => now.status,
+            (Some(PostStatus::Draft) | None, Some(PostStatus::Published | PostStatus::Hidden)) => {
+                Some(PostStatus::Published)
+            }
+            (then, _) => then,
+        };
+        DocFacts {
+            type_name: now.type_name.clone(),
+            status,
+            locked: if typed_then { seen.locked } else { now.locked },
+            author: now.author.clone(),
+            opener: now.opener.clone(),
+            owner: now.owner.clone(),
+            members: if typed_then {
+                seen.members.clone()
+            } else {
+                now.members.clone()
+            },
+        }
     }
 
     fn role(&self) -> Role {
@@ -148,25 +202,17 @@ impl WriteCheck<'_> {
         Ok(())
     }
 
-    fn judge_change(&self, change: &Change) -> Result<(), Refusal> {
+    fn judge_change(
+        &self,
+        change: &Change,
+        doc_type: DocType,
+        before_facts: &DocFacts,
+    ) -> Result<(), Refusal> {
         let deps = change.deps().to_vec();
         let own = [change.hash()];
         let seen = At::heads(self.doc, &deps);
         let after = At::heads(self.doc, &own);
-        let facts = DocFacts::read(seen);
-        let Some(type_name) = facts.type_name.clone() else {
-            if self.creator != self.user.id {
-                return Err(refuse(
-                    "creator-only",
-                    "only its creator writes a document that has no type yet",
-                ));
-            }
-            if let Some(new_type) = after.text(&ROOT, "type") {
-                self.validate_new_document(&new_type, after)?;
-            }
-            return Ok(());
-        };
-        let doc_type = client_writable_type(&type_name)?;
+        let facts = Self::effective_facts(&DocFacts::read(seen), before_facts);
         let ops = DecodedOps::of(change)?;
         let mut touched = Touched::default();
         for (index, op) in ops.ops.iter().enumerate() {
@@ -437,11 +483,20 @@ impl WriteCheck<'_> {
                     field,
                     "a boolean",
                 )?,
-                (DocType::Post, "replies") | (DocType::Conversation, "messages") => require(
-                    after.object(&ROOT, field.as_str(), ObjType::List).is_some(),
-                    field,
-                    "a list",
-                )?,
+                (DocType::Post, "replies") | (DocType::Conversation, "messages") => {
+                    require(
+                        after.object(&ROOT, field.as_str(), ObjType::List).is_some(),
+                        field,
+                        "a list",
+                    )?;
+                    // Only a draft's author writes its list freely: nobody
+                    // else's replies may appear in it.
+                    if facts.status == Some(PostStatus::Draft) {
+                        for item in after.map_items(&ROOT, "replies") {
+                            self.validate_item(after, &item, &REPLY_FIELDS, "reply")?;
+                        }
+                    }
+                }
                 (DocType::Conversation, "state") => require(
                     after
                         .text(&ROOT, "state")

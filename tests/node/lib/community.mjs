@@ -57,7 +57,7 @@ export async function startCommunity({ label = "rules", managers = ["Maud"], hos
       staff.push({ name, email, role, id })
     }
   }
-  const server = await startBackchannelServer({ binary, dataDir })
+  const server = await startBackchannelServer({ binary, dataDir, env: process.env.SERVER_RUST_LOG ? { RUST_LOG: process.env.SERVER_RUST_LOG } : {} })
   const community = new Community(server, dataDir)
   for (const { name, email, role, id } of staff) {
     const session = await loginUser(server.httpUrl, { email, password: PASSWORD })

@@ -24,6 +24,7 @@ describe("the rules harness", () => {
   })
 
   after(async () => {
+    if (process.env.SHOW_SERVER_LOG) console.log(community?.server?.stderrText())
     await community?.close()
   })
 
@@ -133,7 +134,7 @@ describe("the rules harness", () => {
         await client.waitForServerHeads(url, [first, second], { timeoutMs: 3000 })
       } catch {
         const stored = await ada.read(url)
-        unacknowledged.push({ round, stored: A.hasHeads(stored.automerge, [first, second]) })
+        unacknowledged.push({ round, stored: A.hasHeads(stored.automerge, [first, second]), url, first, second })
       }
       await client.close()
     }
