@@ -161,7 +161,14 @@ impl ConnectionTask {
                 Some(Outbound::Frame(bytes)) = inbox.frames.recv() => {
                     if session.binary(bytes).await.is_err() { break None; }
                 }
-                Some(reason) = inbox.close.recv() => break Some(reason),
+                Some(reason) = inbox.close.recv() => {
+                    // What the engine queued before deciding to close goes
+                    // out first (a `doc-unavailable`, say), then the error.
+                    while let Ok(Outbound::Frame(bytes)) = inbox.frames.try_recv() {
+                        if session.binary(bytes).await.is_err() { break; }
+                    }
+                    break Some(reason);
+                }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > SILENCE_LIMIT {
                         break Some("no answer to pings; closing".into());
