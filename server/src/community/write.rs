@@ -70,6 +70,16 @@ const IMMUTABLE_ROOT: [&str; 7] = [
     "owner",
 ];
 
+/// Root fields that [`DocFacts`] reads.
+const FACT_FIELDS: [&str; 7] = [
+    "type", "status", "locked", "members", "author", "opener", "owner",
+];
+
+fn sorted(mut heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
+    heads.sort();
+    heads
+}
+
 fn refuse(rule: &str, detail: impl std::fmt::Display) -> Refusal {
     Refusal::new(format!("rule {rule}: {detail}"))
 }
@@ -124,8 +134,19 @@ impl WriteCheck<'_> {
             };
         };
         let doc_type = client_writable_type(&type_name)?;
+        // Reading a document at past heads walks its history, so the facts a
+        // change saw are carried along a chain of changes that leave them be
+        // (the usual message: one device's changes, each on the last).
+        let mut known: Option<(Vec<ChangeHash>, DocFacts)> =
+            Some((sorted(before.to_vec()), before_facts.clone()));
         for change in changes {
-            self.judge_change(change, doc_type, &before_facts)?;
+            let deps = sorted(change.deps().to_vec());
+            let seen = match &known {
+                Some((heads, facts)) if *heads == deps => facts.clone(),
+                _ => DocFacts::read(At::heads(self.doc, &deps)),
+            };
+            let changed_state = self.judge_change(change, doc_type, &before_facts, &seen)?;
+            known = (!changed_state).then(|| (vec![change.hash()], seen));
         }
         self.immutable_fields_kept(before)?;
         if doc_type == DocType::Post && At::now(self.doc).get(&ROOT, "status").is_some() {
@@ -202,17 +223,18 @@ impl WriteCheck<'_> {
         Ok(())
     }
 
+    /// Judges one change; answers whether it touched a field the facts
+    /// depend on. Values are validated on the document after the message (a
+    /// later change of the same message may still fix a field up).
     fn judge_change(
         &self,
         change: &Change,
         doc_type: DocType,
         before_facts: &DocFacts,
-    ) -> Result<(), Refusal> {
-        let deps = change.deps().to_vec();
-        let own = [change.hash()];
-        let seen = At::heads(self.doc, &deps);
-        let after = At::heads(self.doc, &own);
-        let facts = Self::effective_facts(&DocFacts::read(seen), before_facts);
+        seen_facts: &DocFacts,
+    ) -> Result<bool, Refusal> {
+        let now = At::now(self.doc);
+        let facts = Self::effective_facts(seen_facts, before_facts);
         let ops = DecodedOps::of(change)?;
         let mut touched = Touched::default();
         for (index, op) in ops.ops.iter().enumerate() {
@@ -221,7 +243,7 @@ impl WriteCheck<'_> {
             }
             let place = ops.locate(self.doc, op)?;
             match doc_type {
-                DocType::Post => self.judge_post_op(&facts, seen, &place, op, &mut touched)?,
+                DocType::Post => self.judge_post_op(&facts, now, &place, op, &mut touched)?,
                 DocType::Conversation => {
                     self.judge_conversation_op(&facts, &place, op, &mut touched)?
                 }
@@ -235,7 +257,11 @@ impl WriteCheck<'_> {
                 touched.new_objects.push((place.clone(), new_object));
             }
         }
-        self.validate_touched(doc_type, &facts, after, &touched)
+        self.validate_touched(doc_type, &facts, now, &touched)?;
+        Ok(touched
+            .root
+            .iter()
+            .any(|field| FACT_FIELDS.contains(&field.as_str())))
     }
 
     /// Nobody overwrites or deletes what another user wrote.
@@ -261,7 +287,7 @@ impl WriteCheck<'_> {
     fn judge_post_op(
         &self,
         facts: &DocFacts,
-        seen: At<'_>,
+        current: At<'_>,
         place: &Place,
         op: &legacy::Op,
         touched: &mut Touched,
@@ -314,7 +340,7 @@ impl WriteCheck<'_> {
                 "draft-only",
                 "`anonymous` is chosen before the post is published",
             )),
-            "replies" => self.judge_reply_op(facts, seen, place, op, touched),
+            "replies" => self.judge_reply_op(facts, current, place, op, touched),
             _ => Err(refuse("unknown-field", format!("a post has no `{field}`"))),
         }
     }
@@ -322,7 +348,7 @@ impl WriteCheck<'_> {
     fn judge_reply_op(
         &self,
         facts: &DocFacts,
-        seen: At<'_>,
+        current: At<'_>,
         place: &Place,
         op: &legacy::Op,
         touched: &mut Touched,
@@ -343,7 +369,7 @@ impl WriteCheck<'_> {
             _ => {
                 let reply = place.objects[2].clone();
                 let field = place.key_at(2).unwrap_or("");
-                let reply_author = seen.text(&reply, "author");
+                let reply_author = current.text(&reply, "author");
                 let is_reply_author = reply_author.as_deref() == Some(self.user.id.as_str());
                 match field {
                     "body" if is_reply_author => {

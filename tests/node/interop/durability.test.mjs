@@ -108,8 +108,10 @@ test("a server killed mid-write and restarted has every change a client saw ackn
   await Promise.all(writers)
   observe()
   const counts = acknowledged.map(set => set.size)
-  assert.ok(counts.every(n => n > 10), `the load was acknowledged before the kill: ${counts}`)
+  // Shut the clients down first: a failing assertion must not leave their
+  // reconnect timers holding the process open.
   await shutdownAfterServerLoss(devices)
+  assert.ok(counts.every(n => n > 10), `the load was acknowledged before the kill: ${counts}`)
 
   server = await startBackchannelServer({ binary: BINARY, dataDir })
   try {
