@@ -102,7 +102,12 @@ test("a server killed mid-write and restarted has every change a client saw ackn
       await sleep(3)
     }
   })
-  await sleep(1500)
+  // Keep writing until the server has acknowledged a real load (not for a
+  // fixed time: a slow machine only takes longer), then kill it mid-write.
+  const loadAcknowledged = () => acknowledged.every(set => set.size > 10)
+  const deadline = Date.now() + 60_000
+  while (!loadAcknowledged() && Date.now() < deadline) await sleep(20)
+  await sleep(200)
   await server.kill()
   writing = false
   await Promise.all(writers)
