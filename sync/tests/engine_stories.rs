@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use automerge::sync::{self, SyncDoc};
-use automerge::transaction::Transactable;
+use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, Automerge, ChangeHash, ROOT, ReadDoc};
 use backchannel_sync::storage::{self, StorageWrite};
 use backchannel_sync::{
@@ -56,6 +56,9 @@ impl Policy for TestPolicy {
 struct Client {
     connection: Arc<Connection<String>>,
     docs: BTreeMap<DocumentId, (Automerge, sync::State)>,
+    /// Fixed per client so change hashes, and with them the sync protocol's
+    /// Bloom filters (false positives included), are the same on every run.
+    actor: ActorId,
     received: Vec<Message>,
     closed: Option<String>,
     online: bool,
@@ -106,6 +109,7 @@ impl World {
                 is_ephemeral: false,
             }),
             docs: BTreeMap::new(),
+            actor: ActorId::from(vec![index as u8 + 1; 16]),
             received: Vec::new(),
             closed: None,
             online: true,
@@ -114,13 +118,14 @@ impl World {
     }
 
     fn edit(&mut self, client: usize, document: DocumentId, key: &str, value: i64) {
+        let actor = self.clients[client].actor.clone();
         let (doc, _) = self.clients[client]
             .docs
             .entry(document)
-            .or_insert_with(|| (Automerge::new(), sync::State::new()));
+            .or_insert_with(|| (Automerge::new().with_actor(actor), sync::State::new()));
         let mut tx = doc.transaction();
         tx.put(ROOT, key, value).unwrap();
-        tx.commit();
+        tx.commit_with(CommitOptions::default().with_time(0));
     }
 
     fn make_public(&mut self, client: usize, document: DocumentId) {
@@ -141,10 +146,11 @@ impl World {
 
     /// The client sends what it has for `document` (as `request` if it has nothing).
     fn sync(&mut self, client: usize, document: DocumentId) {
+        let actor = self.clients[client].actor.clone();
         let (doc, state) = self.clients[client]
             .docs
             .entry(document)
-            .or_insert_with(|| (Automerge::new(), sync::State::new()));
+            .or_insert_with(|| (Automerge::new().with_actor(actor), sync::State::new()));
         let is_empty = doc.get_heads().is_empty();
         let Some(message) = doc.generate_sync_message(state) else {
             return;
@@ -298,10 +304,11 @@ impl World {
         let Message::Sync(sync_message) = message else {
             return None;
         };
+        let actor = client.actor.clone();
         let (doc, state) = client
             .docs
             .entry(sync_message.document_id)
-            .or_insert_with(|| (Automerge::new(), sync::State::new()));
+            .or_insert_with(|| (Automerge::new().with_actor(actor), sync::State::new()));
         doc.receive_sync_message(state, sync::Message::decode(&sync_message.data).unwrap())
             .unwrap();
         let reply = doc.generate_sync_message(state)?;
