@@ -19,6 +19,41 @@ pub struct Settings {
     /// Whether anyone may create an account through the API.
     pub open_signup: bool,
     pub limits: Limits,
+    pub push: PushSettings,
+}
+
+/// Where and how Web Push notifications are sent (SPEC §6).
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    /// Hosts whose `https` endpoints are accepted besides the browser push
+    /// services: `host`, `host:port` or `*.domain`.
+    pub allowed_hosts: Vec<String>,
+    /// Hosts whose plain `http` endpoints are accepted (local test services).
+    pub insecure_hosts: Vec<String>,
+    /// The VAPID `sub` claim: a `mailto:` or `https:` contact for push
+    /// services; the public URL when unset.
+    pub contact: Option<String>,
+    /// How long a push service keeps an undelivered notification, and how
+    /// long the outbox retries it.
+    pub ttl: Duration,
+    /// The longest one request to a push service may take.
+    pub request_timeout: Duration,
+    /// Requests in flight to one push service at once, so one slow service
+    /// cannot take every slot.
+    pub sends_per_service: usize,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            insecure_hosts: Vec::new(),
+            contact: None,
+            ttl: Duration::from_secs(24 * 60 * 60),
+            request_timeout: Duration::from_secs(15),
+            sends_per_service: 16,
+        }
+    }
 }
 
 /// Sizes and rates that keep one client from hurting the others.
@@ -65,6 +100,7 @@ impl Settings {
             public_url: default_public_url(bind),
             open_signup: true,
             limits: Limits::default(),
+            push: PushSettings::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::push::PushError;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -126,6 +127,20 @@ impl From<AuthError> for ApiError {
             api_error.retry_after_secs = Some(retry_after_secs);
         }
         api_error
+    }
+}
+
+impl From<PushError> for ApiError {
+    fn from(error: PushError) -> Self {
+        match error {
+            PushError::InvalidSubscription(why) => {
+                ApiError::bad_request("invalid_subscription", why)
+            }
+            PushError::EndpointNotAllowed(why) => {
+                ApiError::bad_request("endpoint_not_allowed", why)
+            }
+            PushError::Store(error) => store_error_to_api(&error),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod data_dir;
 pub mod error;
 pub mod hub;
 pub mod kept;
+pub mod push;
 pub mod routes;
 pub mod state;
 pub mod store;
@@ -31,6 +32,7 @@ pub use config::Settings;
 use data_dir::{DataDir, DataDirError};
 use hub::SyncHub;
 use kept::KeptDocs;
+use push::Push;
 use state::AppState;
 use store::{Store, StoreError};
 
@@ -66,18 +68,44 @@ pub async fn run(
         shards,
         kept::summary_sink(projector.clone()),
     )?);
+    let (push, push_feed) = {
+        let hub = hub.clone();
+        Push::new(
+            store.clone(),
+            &settings.push,
+            &settings.public_url,
+            Box::new(move |user, document| hub.is_open(user, document)),
+        )
+    };
     let kept = KeptDocs::start(
         store.clone(),
         hub.clone(),
         auth.clone(),
+        push.clone(),
         projector,
         projector_feed,
     )
     .await?;
     {
         let hub = hub.clone();
-        auth.on_session_revoked(move |session_id| hub.close_session(session_id));
+        let push = push.clone();
+        auth.on_session_revoked(move |session_id| {
+            hub.close_session(session_id);
+            if let Err(error) = push.session_ended(session_id) {
+                tracing::error!(%error, "could not remove the ended session's push subscriptions");
+            }
+        });
     }
+    let push_sender = actix_web::rt::spawn(push::sender::run(
+        push.clone(),
+        store.clone(),
+        push::sender::SenderConfig::new(
+            &settings.push,
+            &settings.public_url,
+            data.vapid.private_key_base64(),
+        ),
+        push_feed,
+    ));
     let json_body_bytes = settings.limits.json_body_bytes;
     let state = web::Data::new(AppState {
         vapid_public_key: data.vapid.public_key.clone(),
@@ -86,6 +114,7 @@ pub async fn run(
         auth,
         hub: hub.clone(),
         kept: kept.clone(),
+        push: push.clone(),
     });
     let address = listener.local_addr()?;
     let server = HttpServer::new(move || {
@@ -112,8 +141,11 @@ pub async fn run(
         handle.stop(true).await;
     });
     server.await?;
-    // The projector first, so its last edits reach the shards before they stop.
+    // The projector first, so its last edits reach the shards before they
+    // stop; then the push sender, whose undelivered records stay stored.
     kept.stop();
+    push.stop();
+    let _ = push_sender.await;
     hub.shutdown();
     store.flush()?;
     tracing::info!("store flushed; stopped");

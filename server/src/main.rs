@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use backchannel::auth::{Auth, NewAccount, Role, TokenKeys};
-use backchannel::config::{Limits, Settings, default_public_url};
+use backchannel::config::{Limits, PushSettings, Settings, default_public_url};
 use backchannel::data_dir::DataDir;
 
 #[derive(Parser)]
@@ -62,6 +62,15 @@ struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new(),
     )]
     open_signup: bool,
+    /// More push service hosts accepted over https (comma-separated; `*.domain` allowed).
+    #[arg(long, env = "BACKCHANNEL_PUSH_ALLOWED_HOSTS", value_delimiter = ',')]
+    push_allowed_hosts: Vec<String>,
+    /// Push service hosts accepted over plain http, for local tests only (comma-separated).
+    #[arg(long, env = "BACKCHANNEL_PUSH_INSECURE_HOSTS", value_delimiter = ',')]
+    push_insecure_hosts: Vec<String>,
+    /// Contact sent to push services as the VAPID `sub` (mailto: or https:) [default: the public URL].
+    #[arg(long, env = "BACKCHANNEL_PUSH_CONTACT")]
+    push_contact: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +132,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         public_url: public_url.trim_end_matches('/').to_string(),
         open_signup: args.open_signup,
         limits: Limits::default(),
+        push: PushSettings {
+            allowed_hosts: args.push_allowed_hosts,
+            insecure_hosts: args.push_insecure_hosts,
+            contact: args.push_contact,
+            ..PushSettings::default()
+        },
     };
     actix_web::rt::System::new().block_on(backchannel::run(
         settings,

@@ -15,7 +15,8 @@ pub enum Summary {
     Conversation(ConversationSummary),
 }
 
-/// A reply or a message, without its words.
+/// A reply or a message. Its words are never stored with the summary; only
+/// the newest items carry an excerpt in memory, for push notifications.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItemSummary {
     pub id: String,
@@ -23,6 +24,22 @@ pub struct ItemSummary {
     pub created_at: i64,
     #[serde(default)]
     pub deleted: bool,
+    #[serde(skip)]
+    pub excerpt: String,
+}
+
+/// How many of the newest items carry an excerpt: new items are appended,
+/// so they are among the last few even after concurrent offline appends.
+const ITEMS_WITH_EXCERPTS: usize = 32;
+/// Enough words to recognise a message on a lock screen.
+const EXCERPT_CHARS: usize = 140;
+
+fn excerpt(text: &str) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,13 +100,25 @@ impl ConversationSummary {
 }
 
 fn items(at: At<'_>, list: &str) -> Vec<ItemSummary> {
-    at.map_items(&ROOT, list)
+    let items = at.map_items(&ROOT, list);
+    let with_excerpts = items.len().saturating_sub(ITEMS_WITH_EXCERPTS);
+    items
         .into_iter()
-        .map(|item| ItemSummary {
-            id: at.text(&item, "id").unwrap_or_default(),
-            author: at.text(&item, "author").unwrap_or_default(),
-            created_at: at.millis(&item, "created_at").unwrap_or_default(),
-            deleted: at.boolean(&item, "deleted").unwrap_or(false),
+        .enumerate()
+        .map(|(position, item)| {
+            let deleted = at.boolean(&item, "deleted").unwrap_or(false);
+            let excerpt = if position >= with_excerpts && !deleted {
+                excerpt(&at.text(&item, "body").unwrap_or_default())
+            } else {
+                String::new()
+            };
+            ItemSummary {
+                id: at.text(&item, "id").unwrap_or_default(),
+                author: at.text(&item, "author").unwrap_or_default(),
+                created_at: at.millis(&item, "created_at").unwrap_or_default(),
+                deleted,
+                excerpt,
+            }
         })
         .collect()
 }

@@ -263,6 +263,16 @@ impl SyncHub {
         }));
     }
 
+    /// The connection's client has `document` open (it asked for or sent it).
+    pub fn opened(&self, connection: ConnectionId, document: DocumentId) {
+        self.registry.opened(connection, document);
+    }
+
+    /// Whether `user` has `document` open on a live connection right now.
+    pub fn is_open(&self, user: &str, document: &DocumentId) -> bool {
+        self.registry.is_open(user, document)
+    }
+
     /// The connection ended: its shards forget it and persist its sync states.
     pub fn leave(&self, connection: ConnectionId) {
         if self.registry.leave(connection) {

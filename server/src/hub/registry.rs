@@ -1,10 +1,10 @@
 //! Live sync connections: where to send their frames, and which user holds
 //! which peer id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use backchannel_sync::{Connection, ConnectionId, PeerId};
+use backchannel_sync::{Connection, ConnectionId, DocumentId, PeerId};
 use tokio::sync::mpsc;
 
 use crate::community::SyncUser;
@@ -30,6 +30,8 @@ pub struct JoinRefused(pub String);
 struct Live {
     connection: Arc<Connection<SyncUser>>,
     queue: OutboundQueue,
+    /// Documents this connection has asked for or sent: open in its client.
+    documents: HashSet<DocumentId>,
 }
 
 #[derive(Default)]
@@ -41,6 +43,22 @@ pub struct Registry {
 struct Inner {
     connections: HashMap<ConnectionId, Live>,
     by_peer: HashMap<PeerId, ConnectionId>,
+    /// How many live connections of a user have a document open.
+    open: HashMap<(String, DocumentId), usize>,
+}
+
+impl Inner {
+    fn forget(&mut self, live: &Live) {
+        for document in &live.documents {
+            let key = (live.connection.user.id.clone(), *document);
+            if let Some(count) = self.open.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.open.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 impl Registry {
@@ -68,7 +86,9 @@ impl Registry {
                 .queue
                 .close
                 .send("replaced by a newer connection with the same peer id".into());
-            inner.connections.remove(&holder);
+            if let Some(live) = inner.connections.remove(&holder) {
+                inner.forget(&live);
+            }
             replaced = Some(holder);
         }
         inner
@@ -79,6 +99,7 @@ impl Registry {
             Live {
                 connection: connection.clone(),
                 queue,
+                documents: HashSet::new(),
             },
         );
         Ok(replaced)
@@ -93,7 +114,28 @@ impl Registry {
         if inner.by_peer.get(&live.connection.peer_id) == Some(&id) {
             inner.by_peer.remove(&live.connection.peer_id);
         }
+        inner.forget(&live);
         true
+    }
+
+    /// Records that a connection's client has `document` open.
+    pub fn opened(&self, id: ConnectionId, document: DocumentId) {
+        let mut inner = self.lock();
+        let Some(live) = inner.connections.get_mut(&id) else {
+            return;
+        };
+        if !live.documents.insert(document) {
+            return;
+        }
+        let key = (live.connection.user.id.clone(), document);
+        *inner.open.entry(key).or_default() += 1;
+    }
+
+    /// Whether any live connection of `user` has `document` open.
+    pub fn is_open(&self, user: &str, document: &DocumentId) -> bool {
+        self.lock()
+            .open
+            .contains_key(&(user.to_string(), *document))
     }
 
     /// Queues a frame; a connection whose queue is full is too slow to keep

@@ -8,7 +8,7 @@ use backchannel_sync::DocumentId;
 use serde::{Deserialize, Serialize};
 
 use crate::community::{ConversationSummary, PostSummary, Summary};
-use crate::store::{Store, StoreError};
+use crate::store::{Batch, Store, StoreError};
 
 const CATALOG: &str = "catalog/";
 const PROMOTED: &str = "promoted/";
@@ -44,9 +44,10 @@ pub fn get(store: &dyn Store, id: &DocumentId) -> Result<Option<Summary>, StoreE
         .transpose()
 }
 
-pub fn put(store: &dyn Store, id: &DocumentId, summary: &Summary) -> Result<(), StoreError> {
+/// `batch` with the summary of `id` put in the catalog.
+pub fn put_in(batch: Batch, id: &DocumentId, summary: &Summary) -> Result<Batch, StoreError> {
     let bytes = serde_json::to_vec(summary).map_err(|error| corrupt(b"catalog", error))?;
-    store.put(&catalog_key(id), &bytes)
+    Ok(batch.put(catalog_key(id), bytes))
 }
 
 pub fn promotion(store: &dyn Store, id: &DocumentId) -> Result<Option<Promotion>, StoreError> {

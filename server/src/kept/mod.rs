@@ -24,7 +24,8 @@ use backchannel_sync::storage::{CHANGED_PREFIX, changed_key};
 use crate::auth::{Auth, Role, now_millis};
 use crate::community::{ConversationSummary, PostSummary, SERVER_OWNER, Summary};
 use crate::hub::{EditFn, SyncHub};
-use crate::store::{Store, StoreError};
+use crate::push::{Push, recipients};
+use crate::store::{Batch, Store, StoreError};
 pub use edits::put_text;
 use edits::{Field, ensure_base, put_entry, remove_entry};
 
@@ -115,6 +116,7 @@ impl KeptDocs {
         store: Arc<dyn Store>,
         hub: Arc<SyncHub>,
         auth: Arc<Auth>,
+        push: Arc<Push>,
         sender: mpsc::Sender<ProjectorInput>,
         feed: mpsc::Receiver<ProjectorInput>,
     ) -> Result<Arc<Self>, StoreError> {
@@ -170,6 +172,7 @@ impl KeptDocs {
         let projector = Projector {
             kept: kept.clone(),
             auth,
+            push,
             managers: HashSet::new(),
             names: HashMap::new(),
         };
@@ -314,6 +317,7 @@ fn inbox_entry(conversation: &ConversationSummary) -> Vec<(&'static str, Field)>
 struct Projector {
     kept: Arc<KeptDocs>,
     auth: Arc<Auth>,
+    push: Arc<Push>,
     managers: HashSet<String>,
     names: HashMap<String, String>,
 }
@@ -362,7 +366,16 @@ impl Projector {
     fn on_summary(&mut self, id: DocumentId, summary: Summary) -> Result<(), StoreError> {
         let store = self.kept.store.clone();
         let old = catalog::get(store.as_ref(), &id)?;
-        catalog::put(store.as_ref(), &id, &summary)?;
+        // The notifications go in the same write as the catalog entry they
+        // were derived from: a crash loses or repeats neither.
+        let managers = self.managers.clone();
+        let notices = recipients::notices(id, old.as_ref(), &summary, &managers, &mut |user| {
+            self.name_of(user)
+        });
+        let batch = catalog::put_in(Batch::new(), &id, &summary)?;
+        let (batch, queued) = self.push.queue(batch, notices)?;
+        store.apply(batch)?;
+        self.push.wake(queued);
         match (&summary, old) {
             (Summary::Post(post), old) => {
                 let old = match old {

@@ -152,6 +152,14 @@ async fn promote(
         },
     )?;
     tracing::info!(%conversation, %post, anonymous, "conversation promoted to a public post");
+    if question.opener != principal.user.id {
+        let notice =
+            crate::push::recipients::promoted_notice(post, &question.opener, &question.subject);
+        let push = state.push.clone();
+        if let Err(error) = web::block(move || push.send_now(vec![notice])).await? {
+            tracing::error!(%error, "could not queue the promotion notification");
+        }
+    }
     Ok(HttpResponse::Created().json(serde_json::json!({ "url": post.url() })))
 }
 

@@ -6,13 +6,14 @@
 //! `error` message naming the reason when something goes wrong. It owns no
 //! document state: that lives in the hub's shards.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
 use backchannel_sync::handshake::{self, ServerIdentity};
-use backchannel_sync::{Connection, DocumentMessage, Message};
+use backchannel_sync::{Connection, DocumentId, DocumentMessage, Message};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -70,6 +71,9 @@ struct ConnectionTask {
     hub: Arc<SyncHub>,
     user: SyncUser,
     joined: Option<Arc<Connection<SyncUser>>>,
+    /// Documents already reported open to the hub (for push: a person
+    /// looking at a thread is not also notified about it).
+    documents_seen: HashSet<DocumentId>,
     flood: FloodGuard,
     frames: mpsc::Sender<Outbound>,
     close: mpsc::UnboundedSender<String>,
@@ -101,6 +105,7 @@ impl ConnectionTask {
                 session_id: principal.session_id,
             },
             joined: None,
+            documents_seen: HashSet::new(),
             flood: FloodGuard::new(&limits),
             frames,
             close,
@@ -224,6 +229,10 @@ impl ConnectionTask {
                         "senderId does not match the peer id this connection joined with".into(),
                     ));
                 }
+                let document = *document_message.document_id();
+                if self.documents_seen.insert(document) {
+                    self.hub.opened(connection.id, document);
+                }
                 self.hub.route(connection.clone(), document_message);
                 Next::Continue
             }
@@ -257,6 +266,7 @@ impl ConnectionTask {
         );
         match joined {
             Ok(connection) => {
+                self.documents_seen.clear();
                 self.joined = Some(connection);
                 Next::Reply(reply.encode())
             }
