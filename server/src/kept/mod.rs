@@ -375,6 +375,11 @@ impl Projector {
         let batch = catalog::put_in(Batch::new(), &id, &summary)?;
         let (batch, queued) = self.push.queue(batch, notices)?;
         store.apply(batch)?;
+        if !queued.is_empty() {
+            // Stored before sent, durably: a crash after a send must not
+            // lose the record of what is still to be sent.
+            store.flush()?;
+        }
         self.push.wake(queued);
         match (&summary, old) {
             (Summary::Post(post), old) => {
