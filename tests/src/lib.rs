@@ -225,6 +225,13 @@ impl Api {
         ))
     }
 
+    pub fn delete(&self, path: &str, body: Value, token: Option<&str>) -> Answer {
+        self.send(with_token(
+            self.client.delete(self.url(path)).json(&body),
+            token,
+        ))
+    }
+
     pub fn raw(&self) -> &Client {
         &self.client
     }

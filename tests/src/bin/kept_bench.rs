@@ -16,9 +16,10 @@ use automerge::transaction::Transactable;
 use automerge::{ObjType, ROOT, ReadDoc};
 use backchannel::auth::{Auth, NewAccount, Role, TokenKeys};
 use backchannel::community::At;
-use backchannel::config::Limits;
+use backchannel::config::{Limits, PushSettings};
 use backchannel::hub::SyncHub;
 use backchannel::kept::{self, KeptDocs};
+use backchannel::push::Push;
 use backchannel::store::{SledStore, Store};
 use backchannel_sync::DocumentId;
 use clap::Parser;
@@ -153,7 +154,14 @@ async fn main() -> anyhow::Result<()> {
         2,
         kept::summary_sink(projector.clone()),
     )?);
-    let kept = KeptDocs::start(store.clone(), hub.clone(), auth, projector, feed).await?;
+    // Nobody subscribes in this benchmark: the push side only looks.
+    let (push, _push_feed) = Push::new(
+        store.clone(),
+        &PushSettings::default(),
+        "http://127.0.0.1",
+        Box::new(|_, _| false),
+    );
+    let kept = KeptDocs::start(store.clone(), hub.clone(), auth, push, projector, feed).await?;
     let index = kept.index_id()?;
 
     let mut sizes: Vec<usize> = [100, 1_000, 10_000, 100_000]
