@@ -10,7 +10,7 @@
 //! `Retry-After`, until the notification's TTL runs out; any other answer is
 //! logged and the record dropped. A restart reloads the whole outbox.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +94,7 @@ pub async fn run(
         config,
         client,
         due: BTreeSet::new(),
+        scheduled: HashSet::new(),
         in_flight: HashMap::new(),
         waiting: HashMap::new(),
     };
@@ -119,9 +120,11 @@ pub async fn run(
         match input {
             Some(SenderInput::Queued(keys)) => {
                 let now = now_millis();
-                sender.due.extend(keys.into_iter().map(|key| (now, key)));
+                for key in keys {
+                    sender.schedule(now, key);
+                }
             }
-            Some(SenderInput::Finished(finished)) => sender.finish(finished),
+            Some(SenderInput::Finished(done)) => sender.finish(done, &finished),
             Some(SenderInput::Stop) | None => break,
         }
     }
@@ -129,7 +132,7 @@ pub async fn run(
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
     while sender.in_flight.values().any(|count| *count > 0) {
         match tokio::time::timeout_at(deadline, feed.recv()).await {
-            Ok(Some(SenderInput::Finished(finished))) => sender.finish(finished),
+            Ok(Some(SenderInput::Finished(done))) => sender.finish(done, &finished),
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,
         }
@@ -143,6 +146,9 @@ struct Sender {
     client: awc::Client,
     /// Records to try, by the time they are due.
     due: BTreeSet<(u64, String)>,
+    /// Every record due, held back or in flight: a record both loaded at
+    /// start and announced as new is still sent once.
+    scheduled: HashSet<String>,
     in_flight: HashMap<String, usize>,
     /// Due records held back while their push service has its fill.
     waiting: HashMap<String, VecDeque<String>>,
@@ -169,9 +175,7 @@ impl Sender {
         for (key, value) in entries {
             let key = String::from_utf8_lossy(&key).into_owned();
             match serde_json::from_slice::<Pending>(&value) {
-                Ok(pending) => {
-                    self.due.insert((pending.next_attempt_at, key));
-                }
+                Ok(pending) => self.schedule(pending.next_attempt_at, key),
                 Err(error) => {
                     tracing::error!(%key, %error, "dropping an unreadable push notification");
                     self.store.delete(key.as_bytes())?;
@@ -179,6 +183,18 @@ impl Sender {
             }
         }
         Ok(count)
+    }
+
+    fn schedule(&mut self, at: u64, key: String) {
+        if self.scheduled.insert(key.clone()) {
+            self.due.insert((at, key));
+        }
+    }
+
+    /// The record leaves the outbox, and this sender's books.
+    fn forget(&mut self, key: &str) -> Result<(), StoreError> {
+        self.scheduled.remove(key);
+        self.store.delete(key.as_bytes())
     }
 
     fn dispatch_due(&mut self, finished: &mpsc::UnboundedSender<SenderInput>) {
@@ -197,34 +213,38 @@ impl Sender {
     }
 
     /// Starts sending one record, or holds it back if its service is busy.
+    /// True if a request went out.
     fn start(
         &mut self,
         key: String,
         finished: &mpsc::UnboundedSender<SenderInput>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let Some(pending) = read_pending(self.store.as_ref(), &key)? else {
-            return Ok(());
+            self.scheduled.remove(&key);
+            return Ok(false);
         };
         let Some(subscription) = self
             .push
             .subscription(&pending.user, &pending.subscription)?
         else {
             // Unsubscribed, logged out or gone since: nobody to tell.
-            return self.store.delete(key.as_bytes());
+            self.forget(&key)?;
+            return Ok(false);
         };
         let url = match self.push.endpoints().check(&subscription.endpoint) {
             Ok(url) => url,
             Err(error) => {
                 // The operator narrowed the allowlist since the device subscribed.
                 tracing::warn!(%error, "dropping a push to an endpoint no longer allowed");
-                return self.store.delete(key.as_bytes());
+                self.forget(&key)?;
+                return Ok(false);
             }
         };
         let origin = super::endpoint::origin(&url);
         let busy = self.in_flight.entry(origin.clone()).or_default();
         if *busy >= self.config.sends_per_service {
             self.waiting.entry(origin).or_default().push_back(key);
-            return Ok(());
+            return Ok(false);
         }
         *busy += 1;
         let request = build_request(&self.config, &origin, &subscription, &pending);
@@ -241,46 +261,53 @@ impl Sender {
                 outcome,
             }));
         });
-        Ok(())
+        Ok(true)
     }
 
-    fn finish(
-        &mut self,
-        Finished {
+    fn finish(&mut self, done: Finished, finished: &mpsc::UnboundedSender<SenderInput>) {
+        let Finished {
             key,
             origin,
             outcome,
-        }: Finished,
-    ) {
+        } = done;
         if let Some(busy) = self.in_flight.get_mut(&origin) {
             *busy = busy.saturating_sub(1);
         }
-        if let Some(next) = self.waiting.get_mut(&origin).and_then(VecDeque::pop_front) {
-            self.due.insert((now_millis(), next));
-        }
         if let Err(error) = self.settle(&key, outcome) {
             tracing::error!(%error, %key, "could not update the push outbox");
+        }
+        // The freed slot goes to the next held-back record that still needs
+        // sending (others may have been settled or unsubscribed meanwhile).
+        while let Some(next) = self.waiting.get_mut(&origin).and_then(VecDeque::pop_front) {
+            match self.start(next, finished) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(%error, "could not read a push notification from the outbox");
+                }
+            }
         }
     }
 
     fn settle(&mut self, key: &str, outcome: Outcome) -> Result<(), StoreError> {
         let Some(mut pending) = read_pending(self.store.as_ref(), key)? else {
+            self.scheduled.remove(key);
             return Ok(());
         };
         match outcome {
             Outcome::Delivered => {
                 tracing::debug!(document = %pending.document, "push notification delivered");
-                self.store.delete(key.as_bytes())
+                self.forget(key)
             }
             Outcome::Gone(status) => {
                 tracing::info!(status, user = %pending.user, "push subscription gone; forgetting it");
                 self.push
                     .forget_subscription(&pending.user, &pending.subscription)?;
-                self.store.delete(key.as_bytes())
+                self.forget(key)
             }
             Outcome::Dropped(reason) => {
                 tracing::warn!(%reason, document = %pending.document, "push notification refused; dropping it");
-                self.store.delete(key.as_bytes())
+                self.forget(key)
             }
             Outcome::Retry { after, reason } => {
                 pending.attempts += 1;
@@ -288,7 +315,7 @@ impl Sender {
                 let at = now_millis() + backoff.as_millis() as u64;
                 if at >= pending.expires_at {
                     tracing::warn!(%reason, attempts = pending.attempts, "push notification expired before delivery; dropping it");
-                    return self.store.delete(key.as_bytes());
+                    return self.forget(key);
                 }
                 tracing::info!(%reason, attempts = pending.attempts, retry_in_ms = backoff.as_millis() as u64, "push notification will be retried");
                 pending.next_attempt_at = at;
@@ -297,6 +324,7 @@ impl Sender {
                     reason: error.to_string(),
                 })?;
                 self.store.put(key.as_bytes(), &value)?;
+                // Still in `scheduled`: due again later.
                 self.due.insert((at, key.to_string()));
                 Ok(())
             }

@@ -22,6 +22,7 @@ use backchannel::kept::{self, KeptDocs};
 use backchannel::push::Push;
 use backchannel::store::{SledStore, Store};
 use backchannel_sync::DocumentId;
+use backchannel_tests::cpu_time;
 use clap::Parser;
 use futures_util::future::join_all;
 
@@ -34,22 +35,6 @@ struct Options {
     /// Measured updates at each size.
     #[arg(long, default_value_t = 100)]
     updates: usize,
-}
-
-/// User plus system CPU time of this process.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
