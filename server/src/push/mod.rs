@@ -44,6 +44,7 @@ pub const OUTBOX: &str = "push/outbox/";
 /// Fits the `web-push` crate's 3,052-byte payload limit with room to spare.
 const MAX_TITLE_CHARS: usize = 120;
 const MAX_BODY_CHARS: usize = 400;
+const MAX_PAYLOAD_BYTES: usize = 3_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -316,13 +317,7 @@ impl Push {
             if devices.is_empty() {
                 continue;
             }
-            let payload = serde_json::json!({
-                "title": truncated(&notice.title, MAX_TITLE_CHARS),
-                "body": truncated(&notice.body, MAX_BODY_CHARS),
-                "url": format!("{}{}", self.public_url, notice.path),
-                "tag": notice.document.to_string(),
-            })
-            .to_string();
+            let payload = self.payload(&notice);
             for subscription in devices {
                 let pending = Pending {
                     user: notice.recipient.clone(),
@@ -344,6 +339,25 @@ impl Push {
             }
         }
         Ok((batch, keys))
+    }
+
+    /// `{title, body, url, tag}` as JSON, within the encryptable size even
+    /// for text that JSON escapes at six bytes a character.
+    fn payload(&self, notice: &Notice) -> String {
+        let mut limits = (MAX_TITLE_CHARS, MAX_BODY_CHARS);
+        loop {
+            let payload = serde_json::json!({
+                "title": truncated(&notice.title, limits.0),
+                "body": truncated(&notice.body, limits.1),
+                "url": format!("{}{}", self.public_url, notice.path),
+                "tag": notice.document.to_string(),
+            })
+            .to_string();
+            if payload.len() <= MAX_PAYLOAD_BYTES || limits == (0, 0) {
+                return payload;
+            }
+            limits = (limits.0 / 2, limits.1 / 2);
+        }
     }
 
     /// Queues notices on their own (not from a summary), durably, and wakes the sender.
@@ -371,5 +385,66 @@ impl Push {
 
     pub(crate) fn feed_handle(&self) -> mpsc::UnboundedSender<SenderInput> {
         self.wake.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn push() -> Arc<Push> {
+        Push::new(
+            Arc::new(MemoryStore::default()),
+            &PushSettings::default(),
+            "https://community.example",
+            Box::new(|_, _| false),
+        )
+        .0
+    }
+
+    fn notice(title: &str, body: &str) -> Notice {
+        let document = DocumentId::from_bytes([2; 16]);
+        Notice {
+            recipient: "ada".into(),
+            document,
+            urgency: Urgency::Normal,
+            title: title.into(),
+            body: body.into(),
+            path: recipients::post_path(&document),
+        }
+    }
+
+    #[test]
+    fn a_payload_always_fits_the_encryption_limit() {
+        let push = push();
+        for text in [
+            "\u{1}".repeat(5_000),
+            "🙂".repeat(5_000),
+            "\"".repeat(5_000),
+        ] {
+            let payload = push.payload(&notice(&text, &text));
+            assert!(
+                payload.len() <= MAX_PAYLOAD_BYTES,
+                "{} bytes",
+                payload.len()
+            );
+            let parsed: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+            assert_eq!(
+                parsed["url"],
+                format!(
+                    "https://community.example/#/post/{}",
+                    DocumentId::from_bytes([2; 16])
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_payload_keeps_ordinary_text_whole() {
+        let payload = push().payload(&notice("Reply on “Lunch”", "Bob: see you there"));
+        let parsed: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+        assert_eq!(parsed["title"], "Reply on “Lunch”");
+        assert_eq!(parsed["body"], "Bob: see you there");
     }
 }

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use tokio::sync::mpsc;
-use web_push::{ContentEncoding, SubscriptionInfo, VapidSignatureBuilder, WebPushMessageBuilder};
+use web_push::{
+    ContentEncoding, PartialVapidSignatureBuilder, SubscriptionInfo, VapidSignatureBuilder,
+    WebPushMessageBuilder,
+};
 
 use super::{OUTBOX, Pending, Push, SenderInput, Subscription, Urgency};
 use crate::auth::now_millis;
@@ -55,8 +58,9 @@ pub struct Finished {
 
 /// What the sender needs besides the outbox itself.
 pub struct SenderConfig {
-    /// The VAPID private key, raw scalar in base64url.
-    pub vapid_private_key: String,
+    /// The VAPID key, parsed once (deriving its public half is a scalar
+    /// multiplication: too dear to repeat per notification).
+    vapid: Result<PartialVapidSignatureBuilder, String>,
     /// The VAPID `sub` claim.
     pub contact: String,
     pub request_timeout: Duration,
@@ -66,7 +70,8 @@ pub struct SenderConfig {
 impl SenderConfig {
     pub fn new(settings: &PushSettings, public_url: &str, vapid_private_key: String) -> Self {
         Self {
-            vapid_private_key,
+            vapid: VapidSignatureBuilder::from_base64_no_sub(&vapid_private_key)
+                .map_err(|error| format!("the VAPID key is unusable: {error}")),
             contact: settings
                 .contact
                 .clone()
@@ -367,8 +372,7 @@ fn build_request(
         subscription.p256dh.as_str(),
         subscription.auth.as_str(),
     );
-    let mut signature = VapidSignatureBuilder::from_base64(&config.vapid_private_key, &info)
-        .map_err(|error| format!("VAPID key: {error}"))?;
+    let mut signature = config.vapid.clone()?.add_sub_info(&info);
     // The crate's default audience drops the port, and its default `sub`
     // is a placeholder address: set both.
     signature.add_claim("aud", origin);

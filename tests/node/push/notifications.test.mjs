@@ -249,6 +249,38 @@ describe("push notifications", () => {
     assert.equal(push.payload.url, `${server.httpUrl}/#/post/${postId}`)
   })
 
+  test("a slow push service holds up only its own devices", async () => {
+    const slowService = await startPushService()
+    try {
+      const sal = await signUp(server.httpUrl, "Sal")
+      const fin = await signUp(server.httpUrl, "Fin")
+      const tim = await signUp(server.httpUrl, "Tim")
+      // More slow devices than requests the server keeps in flight per service.
+      const slowPhones = []
+      for (let n = 0; n < 20; n += 1) {
+        const { id, subscription } = await slowService.subscribe(publicKey)
+        const answer = await api(server.httpUrl, sal.access_token).post("/api/push/subscriptions", subscription)
+        assert.equal(answer.status, 201, answer.text)
+        await slowService.script(id, [{ status: 201, delay_ms: 6000, sticky: true }])
+        slowPhones.push(id)
+      }
+      const finPhone = await device(fin)
+      const post = await postBy(sal, "Slow and fast")
+      await replyTo(fin, post, "first!")
+      await sleep(QUIET_MS) // Fin's own reply notifies Sal's slow phones only
+      const firstSlow = Math.min(...(await slowService.pushes()).map(p => p.received_at))
+
+      await replyTo(tim, post, "hello both")
+      const [fast] = await service.waitForPushes(1, { subscription: finPhone })
+      assert.equal(fast.payload.body, "Tim: hello both")
+      assert.ok(fast.received_at < firstSlow + 6000, "the fast service waited for the slow one")
+      const all = await slowService.waitForPushes(40, { timeoutMs: 40_000 })
+      assert.deepEqual(all.filter(p => p.error !== null), [])
+    } finally {
+      await slowService.stop()
+    }
+  })
+
   test("a restart delivers the notifications still pending", async () => {
     const pat = await signUp(server.httpUrl, "Pat")
     const quin = await signUp(server.httpUrl, "Quin")
