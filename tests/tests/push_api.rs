@@ -48,6 +48,16 @@ fn a_browser_subscription_to_a_known_push_service_is_created() {
         again.status, 201,
         "subscribing twice is harmless: {again:?}"
     );
+    let (p256dh, auth) = browser_keys();
+    let padded = api.post(
+        "/api/push/subscriptions",
+        json!({ "endpoint": FCM, "keys": { "p256dh": format!("{p256dh}="), "auth": format!("{auth}==") } }),
+        Some(&ada.access_token),
+    );
+    assert_eq!(
+        padded.status, 201,
+        "padded base64url is accepted too: {padded:?}"
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod write;
 
 pub use actors::{ActorBindings, SERVER_OWNER};
 pub use fields::At;
+pub use read::may_read_summary;
 pub use rules::{CommunityRules, SyncUser};
 pub use schema::{CONVERSATION_KINDS, CONVERSATION_STATES, DocFacts, DocType};
 pub use summary::{ConversationSummary, ItemSummary, PostSummary, Summary, summarize};

@@ -31,3 +31,19 @@ pub fn may_read(user: &SyncUser, facts: &DocFacts, creator: &str) -> bool {
         Some(DocType::Index | DocType::Directory) => true,
     }
 }
+
+/// The same rules for a post or conversation known only by its summary (the
+/// catalog), for API calls that name a document.
+pub fn may_read_summary(user_id: &str, role: Role, summary: &super::Summary) -> bool {
+    let is_manager = role == Role::Manager;
+    match summary {
+        super::Summary::Post(post) => match post.status.as_str() {
+            "published" => true,
+            "hidden" => post.author == user_id || is_manager,
+            _ => post.author == user_id,
+        },
+        super::Summary::Conversation(conversation) => {
+            is_manager || conversation.members.iter().any(|member| member == user_id)
+        }
+    }
+}

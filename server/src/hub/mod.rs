@@ -34,6 +34,10 @@ use backchannel_sync::{
 use crate::community::{ActorBindings, CommunityRules, Summary, SyncUser};
 use crate::store::{Store, StoreError};
 use registry::Registry;
+
+/// How recently a client must have synced a document for it to count as
+/// open on screen (push notifications about it are then skipped).
+pub const OPEN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 pub use registry::{JoinRefused, Outbound, OutboundQueue};
 
 const STORAGE_ID_KEY: &[u8] = b"server/storage-id";
@@ -265,12 +269,15 @@ impl SyncHub {
 
     /// The connection's client has `document` open (it asked for or sent it).
     pub fn opened(&self, connection: ConnectionId, document: DocumentId) {
-        self.registry.opened(connection, document);
+        self.registry
+            .opened(connection, document, std::time::Instant::now());
     }
 
-    /// Whether `user` has `document` open on a live connection right now.
+    /// Whether `user` has `document` open on a live connection and active
+    /// within the last [`OPEN_WINDOW`].
     pub fn is_open(&self, user: &str, document: &DocumentId) -> bool {
-        self.registry.is_open(user, document)
+        self.registry
+            .is_open(user, document, std::time::Instant::now(), OPEN_WINDOW)
     }
 
     /// The connection ended: its shards forget it and persist its sync states.

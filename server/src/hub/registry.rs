@@ -1,8 +1,9 @@
 //! Live sync connections: where to send their frames, and which user holds
 //! which peer id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use backchannel_sync::{Connection, ConnectionId, DocumentId, PeerId};
 use tokio::sync::mpsc;
@@ -23,6 +24,10 @@ pub struct OutboundQueue {
     pub close: mpsc::UnboundedSender<String>,
 }
 
+/// Documents tracked per connection; beyond this a client is asking for
+/// more than anyone looks at, and the rest are not tracked.
+const MAX_OPEN_PER_CONNECTION: usize = 4_096;
+
 #[derive(Debug, thiserror::Error)]
 #[error("peer id {0} is in use by another user's connection")]
 pub struct JoinRefused(pub String);
@@ -30,8 +35,8 @@ pub struct JoinRefused(pub String);
 struct Live {
     connection: Arc<Connection<SyncUser>>,
     queue: OutboundQueue,
-    /// Documents this connection has asked for or sent: open in its client.
-    documents: HashSet<DocumentId>,
+    /// Documents this connection has asked for or sent, with when it last did.
+    documents: HashMap<DocumentId, Instant>,
 }
 
 #[derive(Default)]
@@ -43,17 +48,18 @@ pub struct Registry {
 struct Inner {
     connections: HashMap<ConnectionId, Live>,
     by_peer: HashMap<PeerId, ConnectionId>,
-    /// How many live connections of a user have a document open.
-    open: HashMap<(String, DocumentId), usize>,
+    /// Which live connections of a user have a document open, and when each
+    /// last showed it was active.
+    open: HashMap<(String, DocumentId), HashMap<ConnectionId, Instant>>,
 }
 
 impl Inner {
     fn forget(&mut self, live: &Live) {
-        for document in &live.documents {
+        for document in live.documents.keys() {
             let key = (live.connection.user.id.clone(), *document);
-            if let Some(count) = self.open.get_mut(&key) {
-                *count -= 1;
-                if *count == 0 {
+            if let Some(connections) = self.open.get_mut(&key) {
+                connections.remove(&live.connection.id);
+                if connections.is_empty() {
                     self.open.remove(&key);
                 }
             }
@@ -99,7 +105,7 @@ impl Registry {
             Live {
                 connection: connection.clone(),
                 queue,
-                documents: HashSet::new(),
+                documents: HashMap::new(),
             },
         );
         Ok(replaced)
@@ -118,24 +124,40 @@ impl Registry {
         true
     }
 
-    /// Records that a connection's client has `document` open.
-    pub fn opened(&self, id: ConnectionId, document: DocumentId) {
+    /// Records that a connection's client has `document` open and active now.
+    pub fn opened(&self, id: ConnectionId, document: DocumentId, now: Instant) {
         let mut inner = self.lock();
         let Some(live) = inner.connections.get_mut(&id) else {
             return;
         };
-        if !live.documents.insert(document) {
+        if live.documents.len() >= MAX_OPEN_PER_CONNECTION
+            && !live.documents.contains_key(&document)
+        {
             return;
         }
+        live.documents.insert(document, now);
         let key = (live.connection.user.id.clone(), document);
-        *inner.open.entry(key).or_default() += 1;
+        inner.open.entry(key).or_default().insert(id, now);
     }
 
-    /// Whether any live connection of `user` has `document` open.
-    pub fn is_open(&self, user: &str, document: &DocumentId) -> bool {
+    /// Whether a live connection of `user` has had `document` open and
+    /// active within `within` of `now`: someone looking at a thread sees a
+    /// reply arrive; a tab left open in the background still gets a push.
+    pub fn is_open(
+        &self,
+        user: &str,
+        document: &DocumentId,
+        now: Instant,
+        within: Duration,
+    ) -> bool {
         self.lock()
             .open
-            .contains_key(&(user.to_string(), *document))
+            .get(&(user.to_string(), *document))
+            .is_some_and(|connections| {
+                connections
+                    .values()
+                    .any(|active| now.saturating_duration_since(*active) <= within)
+            })
     }
 
     /// Queues a frame; a connection whose queue is full is too slow to keep

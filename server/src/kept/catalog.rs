@@ -58,14 +58,14 @@ pub fn promotion(store: &dyn Store, id: &DocumentId) -> Result<Option<Promotion>
         .transpose()
 }
 
-pub fn record_promotion(
-    store: &dyn Store,
+/// `batch` with the promotion of conversation `id` recorded.
+pub fn promotion_in(
+    batch: Batch,
     id: &DocumentId,
     promotion: &Promotion,
-) -> Result<(), StoreError> {
+) -> Result<Batch, StoreError> {
     let bytes = serde_json::to_vec(promotion).map_err(|error| corrupt(b"promoted", error))?;
-    store.put(&promoted_key(id), &bytes)?;
-    store.flush()
+    Ok(batch.put(promoted_key(id), bytes))
 }
 
 /// Every post and conversation in the catalog.

@@ -25,18 +25,24 @@ const MAX_ENDPOINT_CHARS: usize = 2048;
 enum HostPattern {
     /// `host` (any port) or `host:port`.
     Exact { host: String, port: Option<u16> },
-    /// `*.domain`: any host under `domain`, not `domain` itself.
-    Under(String),
+    /// `*.domain`: any host under `domain`, not `domain` itself, on any
+    /// port or only on `port`.
+    Under { suffix: String, port: Option<u16> },
 }
 
 impl HostPattern {
+    /// `host`, `host:port` or `*.domain`; anything else (a scheme, a path)
+    /// is refused rather than read as something the operator did not mean.
     fn parse(text: &str) -> Option<Self> {
         let text = text.trim().to_ascii_lowercase();
-        if text.is_empty() {
+        if text.is_empty() || text.contains(['/', '@', '?', '#']) {
             return None;
         }
         if let Some(domain) = text.strip_prefix("*.") {
-            return Some(Self::Under(format!(".{domain}")));
+            return Some(Self::Under {
+                suffix: format!(".{domain}"),
+                port: None,
+            });
         }
         // Let the URL parser split host and port (it knows IPv6 brackets).
         let url = Url::parse(&format!("http://{text}")).ok()?;
@@ -52,8 +58,12 @@ impl HostPattern {
                 host: wanted,
                 port: wanted_port,
             } => wanted == host && wanted_port.is_none_or(|wanted| wanted == port),
-            Self::Under(suffix) => {
+            Self::Under {
+                suffix,
+                port: wanted_port,
+            } => {
                 host.ends_with(suffix.as_str())
+                    && wanted_port.is_none_or(|wanted| wanted == port)
                     && !matches!(Host::parse(host), Ok(Host::Ipv4(_) | Host::Ipv6(_)))
             }
         }
@@ -69,16 +79,22 @@ pub struct EndpointPolicy {
 
 impl EndpointPolicy {
     pub fn new(allowed_hosts: &[String], insecure_hosts: &[String]) -> Self {
-        let secure = BROWSER_PUSH_SERVICES
-            .iter()
-            .map(|host| (*host).to_string())
-            .chain(allowed_hosts.iter().cloned())
-            .filter_map(|host| HostPattern::parse(&host))
-            .collect();
-        let insecure = insecure_hosts
+        // The browsers' own services are reached on the https port only.
+        let browsers = BROWSER_PUSH_SERVICES
             .iter()
             .filter_map(|host| HostPattern::parse(host))
-            .collect();
+            .map(|pattern| match pattern {
+                HostPattern::Exact { host, .. } => HostPattern::Exact {
+                    host,
+                    port: Some(443),
+                },
+                HostPattern::Under { suffix, .. } => HostPattern::Under {
+                    suffix,
+                    port: Some(443),
+                },
+            });
+        let secure = browsers.chain(operator_patterns(allowed_hosts)).collect();
+        let insecure = operator_patterns(insecure_hosts).collect();
         Self { secure, insecure }
     }
 
@@ -118,15 +134,29 @@ impl EndpointPolicy {
     }
 }
 
+fn operator_patterns(entries: &[String]) -> impl Iterator<Item = HostPattern> + '_ {
+    entries
+        .iter()
+        .filter(|entry| !entry.trim().is_empty())
+        .filter_map(|entry| {
+            let pattern = HostPattern::parse(entry);
+            if pattern.is_none() {
+                tracing::warn!(%entry, "ignoring a push host entry: write host, host:port or *.domain");
+            }
+            pattern
+        })
+}
+
 /// `scheme://host[:port]` of an endpoint: the VAPID audience (RFC 8292 §2),
 /// with the port when it is not the scheme's default.
 pub fn origin(url: &Url) -> String {
     url.origin().ascii_serialization()
 }
 
-/// The subscription's keys, checked: `p256dh` an uncompressed P-256 point,
-/// `auth` 16 bytes; both base64url as browsers give them.
-pub fn check_keys(p256dh: &str, auth: &str) -> Result<(), PushError> {
+/// The subscription's keys, checked (`p256dh` an uncompressed P-256 point,
+/// `auth` 16 bytes) and returned as unpadded base64url, the only form the
+/// `web-push` crate reads, whatever padding the client sent.
+pub fn check_keys(p256dh: &str, auth: &str) -> Result<(String, String), PushError> {
     let invalid = |why: &str| PushError::InvalidSubscription(why.to_string());
     let point = decode_base64url(p256dh).ok_or_else(|| invalid("keys.p256dh is not base64url"))?;
     if point.len() != 65 || point[0] != 4 || p256::PublicKey::from_sec1_bytes(&point).is_err() {
@@ -138,7 +168,10 @@ pub fn check_keys(p256dh: &str, auth: &str) -> Result<(), PushError> {
     if secret.len() != 16 {
         return Err(invalid("keys.auth must be 16 bytes"));
     }
-    Ok(())
+    Ok((
+        URL_SAFE_NO_PAD.encode(point),
+        URL_SAFE_NO_PAD.encode(secret),
+    ))
 }
 
 fn decode_base64url(text: &str) -> Option<Vec<u8>> {
@@ -179,6 +212,24 @@ mod tests {
         assert!(allowed("https://a.corp.example/x"));
         assert!(!allowed("https://corp.example/x"));
         assert!(!allowed("https://evilpush.example.org/x"));
+    }
+
+    #[test]
+    fn browser_push_services_only_on_the_https_port() {
+        assert!(!allowed("https://fcm.googleapis.com:8443/fcm/send/abc"));
+        assert!(!allowed("https://web.push.apple.com:444/QGx"));
+        assert!(allowed("https://fcm.googleapis.com:443/fcm/send/abc"));
+    }
+
+    #[test]
+    fn operator_entries_with_a_scheme_or_path_are_ignored() {
+        let policy = EndpointPolicy::new(
+            &["https://push.example.org".into(), "a.example/x".into()],
+            &[],
+        );
+        assert!(policy.check("https://push.example.org/x").is_err());
+        assert!(policy.check("https://https/x").is_err());
+        assert!(policy.check("https://a.example/x").is_err());
     }
 
     #[test]
@@ -242,7 +293,15 @@ mod tests {
                 .to_sec1_bytes(),
         );
         let auth = URL_SAFE_NO_PAD.encode([1_u8; 16]);
-        assert!(check_keys(&point, &auth).is_ok());
+        assert_eq!(
+            check_keys(&point, &auth).ok(),
+            Some((point.clone(), auth.clone()))
+        );
+        let padded = format!("{auth}==");
+        assert_eq!(
+            check_keys(&point, &padded).ok().map(|keys| keys.1),
+            Some(auth.clone())
+        );
         assert!(check_keys(&point, &URL_SAFE_NO_PAD.encode([1_u8; 15])).is_err());
         assert!(check_keys(&URL_SAFE_NO_PAD.encode([4_u8; 65]), &auth).is_err());
         assert!(check_keys("!!!", &auth).is_err());

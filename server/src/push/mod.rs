@@ -45,6 +45,8 @@ pub const OUTBOX: &str = "push/outbox/";
 const MAX_TITLE_CHARS: usize = 120;
 const MAX_BODY_CHARS: usize = 400;
 const MAX_PAYLOAD_BYTES: usize = 3_000;
+/// Devices kept per user; subscribing one more forgets the oldest.
+pub const MAX_DEVICES_PER_USER: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -112,6 +114,12 @@ impl std::fmt::Debug for Push {
     }
 }
 
+fn random_sequence() -> u64 {
+    let mut bytes = [0_u8; 4];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from(u32::from_le_bytes(bytes)) << 16
+}
+
 fn endpoint_hash(endpoint: &str) -> String {
     let digest = Sha256::digest(endpoint.as_bytes());
     digest[..16]
@@ -149,7 +157,9 @@ impl Push {
             endpoints: EndpointPolicy::new(&settings.allowed_hosts, &settings.insecure_hosts),
             public_url: public_url.trim_end_matches('/').to_string(),
             ttl: settings.ttl,
-            sequence: AtomicU64::new(0),
+            // Random, so keys made after a restart (or a clock step back)
+            // cannot overwrite records still waiting.
+            sequence: AtomicU64::new(random_sequence()),
             wake,
             is_open,
         });
@@ -170,18 +180,37 @@ impl Push {
         p256dh: &str,
         auth: &str,
     ) -> Result<(), PushError> {
-        self.endpoints.check(endpoint)?;
-        endpoint::check_keys(p256dh, auth)?;
+        // Stored as checked: the normalised URL and unpadded keys.
+        let endpoint = self.endpoints.check(endpoint)?.to_string();
+        let endpoint = endpoint.as_str();
+        let (p256dh, auth) = endpoint::check_keys(p256dh, auth)?;
         let hash = endpoint_hash(endpoint);
         let mut batch = Batch::new();
+        // A person has a few devices; browsers that re-subscribe leave old
+        // endpoints behind. Keep the newest few, so one account cannot make
+        // every notification fan out without end.
+        let mut others: Vec<(u64, String)> = Vec::new();
+        for other in self.subscriptions_of(user)? {
+            if other == hash {
+                continue;
+            }
+            if let Some(subscription) = self.subscription(user, &other)? {
+                others.push((subscription.created_at, other));
+            }
+        }
+        others.sort();
+        let excess = (others.len() + 1).saturating_sub(MAX_DEVICES_PER_USER);
+        for (_, oldest) in others.iter().take(excess) {
+            batch = self.removal(batch, user, oldest)?;
+        }
         if let Some(holder) = self.store.get(format!("{ENDPOINTS}{hash}").as_bytes())? {
             let holder = String::from_utf8_lossy(&holder).into_owned();
             batch = self.removal(batch, &holder, &hash)?;
         }
         let subscription = Subscription {
             endpoint: endpoint.to_string(),
-            p256dh: p256dh.to_string(),
-            auth: auth.to_string(),
+            p256dh,
+            auth,
             session: session.to_string(),
             created_at: now_millis(),
         };
@@ -213,6 +242,10 @@ impl Push {
 
     /// Forgets `user`'s subscription for `endpoint` (nothing if there is none).
     pub fn unsubscribe(&self, user: &str, endpoint: &str) -> Result<(), PushError> {
+        // Subscriptions are stored under the normalised URL.
+        let endpoint =
+            url::Url::parse(endpoint).map_or_else(|_| endpoint.to_string(), String::from);
+        let endpoint = endpoint.as_str();
         let batch = self.removal(Batch::new(), user, &endpoint_hash(endpoint))?;
         // Another user's endpoint index must survive.
         let holder = self
@@ -331,7 +364,7 @@ impl Push {
                     next_attempt_at: now,
                 };
                 let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-                let key = format!("{OUTBOX}{now:016x}{sequence:08x}");
+                let key = format!("{OUTBOX}{now:016x}{sequence:016x}");
                 let value = serde_json::to_vec(&pending)
                     .map_err(|error| corrupt(key.as_bytes(), &error))?;
                 batch = batch.put(key.clone(), value);
@@ -438,6 +471,29 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn subscribing_one_device_too_many_forgets_the_oldest() {
+        use base64::Engine as _;
+        let push = push();
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            p256::SecretKey::from_slice(&[3_u8; 32])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .public_key()
+                .to_sec1_bytes(),
+        );
+        let auth = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([1_u8; 16]);
+        for n in 0..=MAX_DEVICES_PER_USER {
+            let endpoint = format!("https://fcm.googleapis.com/fcm/send/{n}");
+            push.subscribe("ada", "s1", &endpoint, &key, &auth)
+                .unwrap_or_else(|e| panic!("{e}"));
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let kept = push.subscriptions_of("ada").unwrap_or_default();
+        assert_eq!(kept.len(), MAX_DEVICES_PER_USER);
+        assert!(!kept.contains(&endpoint_hash("https://fcm.googleapis.com/fcm/send/0")));
+        assert!(kept.contains(&endpoint_hash("https://fcm.googleapis.com/fcm/send/1")));
     }
 
     #[test]

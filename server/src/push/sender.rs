@@ -31,6 +31,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// First retry after a failure; doubles per attempt.
 const FIRST_RETRY: Duration = Duration::from_secs(2);
 const LONGEST_RETRY: Duration = Duration::from_secs(60 * 60);
+const MIN_RETRY: Duration = Duration::from_secs(1);
 /// How long a stopping sender waits for requests already in flight.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -100,6 +101,7 @@ pub async fn run(
         client,
         due: BTreeSet::new(),
         scheduled: HashSet::new(),
+        stopping: false,
         in_flight: HashMap::new(),
         waiting: HashMap::new(),
     };
@@ -134,6 +136,7 @@ pub async fn run(
         }
     }
     // Let requests in flight finish, so what they delivered is not sent twice.
+    sender.stopping = true;
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
     while sender.in_flight.values().any(|count| *count > 0) {
         match tokio::time::timeout_at(deadline, feed.recv()).await {
@@ -155,6 +158,8 @@ struct Sender {
     /// start and announced as new is still sent once.
     scheduled: HashSet<String>,
     in_flight: HashMap<String, usize>,
+    /// Set once told to stop: requests in flight finish, nothing new starts.
+    stopping: bool,
     /// Due records held back while their push service has its fill.
     waiting: HashMap<String, VecDeque<String>>,
 }
@@ -211,7 +216,9 @@ impl Sender {
             let Some((_, key)) = self.due.pop_first() else {
                 break;
             };
-            if let Err(error) = self.start(key, finished) {
+            if let Err(error) = self.start(key.clone(), finished) {
+                // Dropped from this run's books; a restart reloads it.
+                self.scheduled.remove(&key);
                 tracing::error!(%error, "could not read a push notification from the outbox");
             }
         }
@@ -228,6 +235,12 @@ impl Sender {
             self.scheduled.remove(&key);
             return Ok(false);
         };
+        if now_millis() >= pending.expires_at {
+            // Held back past its TTL (a service slow for a whole day).
+            tracing::warn!(document = %pending.document, "push notification expired before delivery; dropping it");
+            self.forget(&key)?;
+            return Ok(false);
+        }
         let Some(subscription) = self
             .push
             .subscription(&pending.user, &pending.subscription)?
@@ -246,6 +259,11 @@ impl Sender {
             }
         };
         let origin = super::endpoint::origin(&url);
+        // Send to exactly the URL that was checked.
+        let subscription = Subscription {
+            endpoint: url.to_string(),
+            ..subscription
+        };
         let busy = self.in_flight.entry(origin.clone()).or_default();
         if *busy >= self.config.sends_per_service {
             self.waiting.entry(origin).or_default().push_back(key);
@@ -279,15 +297,21 @@ impl Sender {
             *busy = busy.saturating_sub(1);
         }
         if let Err(error) = self.settle(&key, outcome) {
+            self.scheduled.remove(&key);
             tracing::error!(%error, %key, "could not update the push outbox");
+        }
+        if self.stopping {
+            // What is held back stays in the outbox for the next start.
+            return;
         }
         // The freed slot goes to the next held-back record that still needs
         // sending (others may have been settled or unsubscribed meanwhile).
         while let Some(next) = self.waiting.get_mut(&origin).and_then(VecDeque::pop_front) {
-            match self.start(next, finished) {
+            match self.start(next.clone(), finished) {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(error) => {
+                    self.scheduled.remove(&next);
                     tracing::error!(%error, "could not read a push notification from the outbox");
                 }
             }
@@ -316,8 +340,12 @@ impl Sender {
             }
             Outcome::Retry { after, reason } => {
                 pending.attempts += 1;
-                let backoff = after.unwrap_or_else(|| backoff(pending.attempts));
-                let at = now_millis() + backoff.as_millis() as u64;
+                // At least a second, so `Retry-After: 0` cannot make a tight loop.
+                let backoff = after.map_or_else(
+                    || backoff(pending.attempts),
+                    |after| after.clamp(MIN_RETRY, LONGEST_RETRY),
+                );
+                let at = now_millis().saturating_add(backoff.as_millis() as u64);
                 if at >= pending.expires_at {
                     tracing::warn!(%reason, attempts = pending.attempts, "push notification expired before delivery; dropping it");
                     return self.forget(key);

@@ -12,6 +12,7 @@ use crate::community::{At, DocFacts, DocType};
 use crate::error::ApiError;
 use crate::kept::{self, catalog};
 use crate::state::AppState;
+use crate::store::{Batch, StoreError};
 
 /// At most two years of weeks in one answer.
 const MAX_WEEKS: usize = 104;
@@ -142,24 +143,32 @@ async fn promote(
         )
         .await
         .map_err(ApiError::internal)?;
-    catalog::record_promotion(
-        state.store.as_ref(),
-        &conversation,
-        &catalog::Promotion {
-            post: post.to_string(),
-            at: created_at,
-            by: principal.user.id.clone(),
-        },
-    )?;
+    let promotion = catalog::Promotion {
+        post: post.to_string(),
+        at: created_at,
+        by: principal.user.id.clone(),
+    };
+    // The opener's notification is stored with the promotion, in one write.
+    let notices = if question.opener == principal.user.id {
+        Vec::new()
+    } else {
+        vec![crate::push::recipients::promoted_notice(
+            post,
+            &question.opener,
+            &question.subject,
+        )]
+    };
+    let (store, push) = (state.store.clone(), state.push.clone());
+    web::block(move || -> Result<(), StoreError> {
+        let batch = catalog::promotion_in(Batch::new(), &conversation, &promotion)?;
+        let (batch, queued) = push.queue(batch, notices)?;
+        store.apply(batch)?;
+        store.flush()?;
+        push.wake(queued);
+        Ok(())
+    })
+    .await??;
     tracing::info!(%conversation, %post, anonymous, "conversation promoted to a public post");
-    if question.opener != principal.user.id {
-        let notice =
-            crate::push::recipients::promoted_notice(post, &question.opener, &question.subject);
-        let push = state.push.clone();
-        if let Err(error) = web::block(move || push.send_now(vec![notice])).await? {
-            tracing::error!(%error, "could not queue the promotion notification");
-        }
-    }
     Ok(HttpResponse::Created().json(serde_json::json!({ "url": post.url() })))
 }
 

@@ -6,6 +6,7 @@ use backchannel_sync::DocumentId;
 use serde::Deserialize;
 
 use crate::auth::AuthUser;
+use crate::community::may_read_summary;
 use crate::error::ApiError;
 use crate::push::PushError;
 use crate::state::AppState;
@@ -89,16 +90,17 @@ fn document(id: &str) -> Result<DocumentId, ApiError> {
         .map_err(|error| ApiError::bad_request("invalid_document_id", error.to_string()))
 }
 
-/// Only posts and conversations the server knows can be muted; whether the
-/// caller can read one is not revealed (a mute of an unreadable thread has
-/// no effect: its reader would never be notified anyway).
+/// Only posts and conversations the caller can read can be muted; one they
+/// cannot read is answered exactly like one that does not exist.
 async fn mute(
     state: web::Data<AppState>,
     AuthUser(principal): AuthUser,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let document = document(&id)?;
-    if crate::kept::catalog::get(state.store.as_ref(), &document)?.is_none() {
+    let readable = crate::kept::catalog::get(state.store.as_ref(), &document)?
+        .is_some_and(|summary| may_read_summary(&principal.user.id, principal.user.role, &summary));
+    if !readable {
         return Err(ApiError::not_found(
             "there is no post or conversation with this id",
         ));

@@ -6,7 +6,7 @@
 //! `error` message naming the reason when something goes wrong. It owns no
 //! document state: that lives in the hub's shards.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,13 +67,18 @@ async fn upgrade(
     Ok(response)
 }
 
+/// How often a connection tells the hub a document is still active.
+const OPEN_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// Documents a connection keeps report times for.
+const MAX_DOCUMENTS_SEEN: usize = 4_096;
+
 struct ConnectionTask {
     hub: Arc<SyncHub>,
     user: SyncUser,
     joined: Option<Arc<Connection<SyncUser>>>,
     /// Documents already reported open to the hub (for push: a person
     /// looking at a thread is not also notified about it).
-    documents_seen: HashSet<DocumentId>,
+    documents_seen: HashMap<DocumentId, Instant>,
     flood: FloodGuard,
     frames: mpsc::Sender<Outbound>,
     close: mpsc::UnboundedSender<String>,
@@ -105,7 +110,7 @@ impl ConnectionTask {
                 session_id: principal.session_id,
             },
             joined: None,
-            documents_seen: HashSet::new(),
+            documents_seen: HashMap::new(),
             flood: FloodGuard::new(&limits),
             frames,
             close,
@@ -229,9 +234,20 @@ impl ConnectionTask {
                         "senderId does not match the peer id this connection joined with".into(),
                     ));
                 }
+                // Reported on first sight and then at most every few
+                // seconds: enough to tell an open thread, cheap per message.
                 let document = *document_message.document_id();
-                if self.documents_seen.insert(document) {
+                let now = Instant::now();
+                let due = self
+                    .documents_seen
+                    .get(&document)
+                    .is_none_or(|last| now.duration_since(*last) >= OPEN_REPORT_EVERY);
+                if due && self.documents_seen.len() < MAX_DOCUMENTS_SEEN {
+                    self.documents_seen.insert(document, now);
                     self.hub.opened(connection.id, document);
+                } else if due {
+                    self.documents_seen
+                        .retain(|_, last| now.duration_since(*last) < crate::hub::OPEN_WINDOW);
                 }
                 self.hub.route(connection.clone(), document_message);
                 Next::Continue

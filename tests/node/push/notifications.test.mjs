@@ -136,8 +136,14 @@ describe("push notifications", () => {
       assert.equal(push.payload.body, "Cy: Please look at the meetup thread.")
       assert.equal(push.payload.url, `${server.httpUrl}/#/conversation/${flag.documentId}`)
     }
-    await sleep(QUIET_MS)
+        await sleep(QUIET_MS)
     assert.deepEqual(await service.pushes(cyPhone), [], "the opener has the conversation open and wrote it")
+    // A conversation is muted only by its readers; to others it does not exist.
+    const outsider = await signUp(server.httpUrl, "Outsider")
+    const refused = await api(server.httpUrl, outsider.access_token).put(`/api/mutes/${flag.documentId}`)
+    assert.equal(refused.status, 404, refused.text)
+    const muted = await api(server.httpUrl, max.access_token).put(`/api/mutes/automerge:${flag.documentId}`)
+    assert.equal(muted.status, 204, muted.text)
     assert.equal((await service.pushes(miaPhone)).length, 1)
   })
 
