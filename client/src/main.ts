@@ -14,4 +14,13 @@ async function checkServer(): Promise<void> {
 }
 
 void checkServer();
+
+// The service worker keeps the app shell, so the app opens with no network.
+if ("serviceWorker" in navigator) {
+  window.addEventListener("load", () => {
+    navigator.serviceWorker.register("/sw.js", { scope: "/" }).catch((error: unknown) => {
+      console.warn("the service worker could not be registered", error);
+    });
+  });
+}
 export {};

@@ -1,0 +1,98 @@
+// The installable shell in real headless Chromium (Debian `chromium`, driven
+// by playwright-core) against the real server: the manifest and service
+// worker make the app installable, it opens with no network after one visit,
+// and the service worker shows pushes as notifications grouped by thread.
+
+import { after, before, describe, test } from "node:test"
+import assert from "node:assert/strict"
+import fs from "node:fs"
+import os from "node:os"
+import path from "node:path"
+
+import { chromium } from "playwright-core"
+
+import { startBackchannelServer } from "../lib/servers.mjs"
+import { tempDir } from "../lib/people.mjs"
+
+const BINARY = process.env.BACKCHANNEL_BIN
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium"
+const PHONE = { width: 360, height: 740 }
+
+describe("the installable shell", () => {
+  let server
+  let context
+  let page
+
+  before(async () => {
+    server = await startBackchannelServer({ binary: BINARY, dataDir: path.join(tempDir("browser"), "data") })
+    const profile = fs.mkdtempSync(path.join(os.tmpdir(), "backchannel-chromium-"))
+    // Installability is only reported for a persistent (non-incognito) profile.
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      viewport: PHONE,
+      args: ["--no-sandbox"],
+    })
+    page = context.pages()[0] ?? (await context.newPage())
+    await page.goto(server.httpUrl)
+    await page.evaluate(() => navigator.serviceWorker.ready)
+    // The first visit installs the worker; the next load is controlled by it.
+    await page.reload()
+    await page.waitForFunction(() => navigator.serviceWorker.controller !== null)
+  })
+
+  after(async () => {
+    await context?.close()
+    await server?.stop()
+  })
+
+  test("Chromium finds nothing that stops installing the app", async () => {
+    const cdp = await context.newCDPSession(page)
+    const { installabilityErrors } = await cdp.send("Page.getInstallabilityErrors")
+    assert.deepEqual(installabilityErrors, [])
+    const manifest = await page.evaluate(async () => {
+      const response = await fetch("/manifest.webmanifest")
+      return { type: response.headers.get("content-type"), body: await response.json() }
+    })
+    assert.match(manifest.type, /application\/manifest\+json/)
+    assert.equal(manifest.body.display, "standalone")
+    assert.deepEqual(manifest.body.shortcuts.map(s => s.name), ["New post", "Contact the team"])
+    assert.ok(manifest.body.icons.some(icon => icon.purpose === "maskable"))
+  })
+
+  test("after one visit the app opens with no network", async () => {
+    await context.setOffline(true)
+    try {
+      await page.reload()
+      await page.waitForSelector("h1")
+      assert.equal(await page.textContent("h1"), "Backchannel")
+      const scripts = await page.evaluate(() => [...document.scripts].map(script => script.src))
+      assert.ok(scripts.length > 0)
+    } finally {
+      await context.setOffline(false)
+    }
+  })
+
+  test("a push becomes a notification with its title, text, thread tag and link", async () => {
+    await context.grantPermissions(["notifications"], { origin: server.httpUrl })
+    const cdp = await context.newCDPSession(page)
+    const registrations = new Promise(resolve => cdp.on("ServiceWorker.workerRegistrationUpdated", resolve))
+    await cdp.send("ServiceWorker.enable")
+    const { registrations: [registration] } = await registrations
+    const payload = { title: "Reply on “Meetup venue”", body: "Bob: in the library", url: `${server.httpUrl}/#/post/abc`, tag: "abc" }
+    await cdp.send("ServiceWorker.deliverPushMessage", {
+      origin: server.httpUrl + "/",
+      registrationId: registration.registrationId,
+      data: JSON.stringify(payload),
+    })
+    let shown = []
+    for (let tries = 0; tries < 100 && shown.length === 0; tries += 1) {
+      shown = await page.evaluate(async () => {
+        const notifications = await (await navigator.serviceWorker.ready).getNotifications()
+        return notifications.map(n => ({ title: n.title, body: n.body, tag: n.tag, url: n.data?.url }))
+      })
+      if (shown.length === 0) await new Promise(resolve => setTimeout(resolve, 50))
+    }
+    assert.deepEqual(shown, [{ title: payload.title, body: payload.body, tag: "abc", url: payload.url }])
+  })
+})
