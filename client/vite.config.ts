@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import { join, relative } from "node:path";
 import { defineConfig, type Plugin } from "vite";
+import wasm from "vite-plugin-wasm";
 
 /** Every file under `dir`, as a URL path. */
 function publicFiles(dir: string): string[] {
@@ -42,7 +43,7 @@ function serviceWorker(): Plugin {
 // The server embeds dist/ into the `backchannel` binary; /api and /sync are
 // proxied in `npm run dev` so the app can be developed against a running server.
 export default defineConfig({
-  plugins: [serviceWorker()],
+  plugins: [wasm(), serviceWorker()],
   build: { outDir: "dist", emptyOutDir: true, target: "es2022" },
   server: {
     proxy: {

@@ -11,8 +11,8 @@ import path from "node:path"
 
 import { chromium } from "playwright-core"
 
-import { startBackchannelServer } from "../lib/servers.mjs"
-import { tempDir } from "../lib/people.mjs"
+import { REPO_ROOT, startBackchannelServer } from "../lib/servers.mjs"
+import { closeAll, connect, newPost, signUp, tempDir, waitUntilServerAcked } from "../lib/people.mjs"
 
 const BINARY = process.env.BACKCHANNEL_BIN
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium"
@@ -94,5 +94,44 @@ describe("the installable shell", () => {
       if (shown.length === 0) await new Promise(resolve => setTimeout(resolve, 50))
     }
     assert.deepEqual(shown, [{ title: payload.title, body: payload.body, tag: "abc", url: payload.url }])
+  })
+})
+
+describe("the community feed", () => {
+  let server
+  let browser
+
+  before(async () => {
+    server = await startBackchannelServer({ binary: BINARY, dataDir: path.join(tempDir("browser-feed"), "data") })
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] })
+  })
+
+  after(async () => {
+    await browser?.close()
+    await server?.stop()
+  })
+
+  test("a member signs up in the app and sees a post another member publishes, live", async () => {
+    const context = await browser.newContext({ viewport: PHONE })
+    const page = await context.newPage()
+    await page.goto(server.httpUrl)
+    await page.getByLabel("Email").fill("ada@example.org")
+    await page.getByLabel("Password").fill("community password")
+    await page.getByLabel("Your name (to sign up)").fill("Ada")
+    await page.getByRole("button", { name: "Sign up" }).click()
+    await page.getByText("No posts yet.").waitFor()
+
+    const bob = await signUp(server.httpUrl, "Bob")
+    const repo = await connect(server, bob)
+    try {
+      const post = newPost(repo, bob, { title: "Meetup venue" })
+      await waitUntilServerAcked(repo, post)
+      await page.getByRole("link", { name: "Meetup venue" }).waitFor({ timeout: 10_000 })
+      assert.match(await page.getByRole("list", { name: "Public posts" }).innerText(), /Bob · 0 replies/)
+      await page.screenshot({ path: path.join(REPO_ROOT, "docs/screenshots/feed.png") })
+    } finally {
+      await closeAll([repo])
+      await context.close()
+    }
   })
 })
