@@ -39,21 +39,57 @@ function load(): Session | null {
   }
 }
 
-let session: Session | null = load();
-const listeners = new Set<(user: User | null) => void>();
+/** Why the session changed: a sign-in, a background refresh, or its end. */
+export type SessionEvent = "signed-in" | "refreshed" | "signed-out" | "expired";
 
-function save(next: Session | null): void {
+let session: Session | null = load();
+const listeners = new Set<(user: User | null, event: SessionEvent) => void>();
+let refreshTimer: ReturnType<typeof setTimeout> | undefined;
+
+function save(next: Session | null, event: SessionEvent): void {
   session = next;
   if (next) localStorage.setItem(KEY, JSON.stringify(next));
   else localStorage.removeItem(KEY);
-  for (const listener of listeners) listener(next?.user ?? null);
+  scheduleRefresh();
+  for (const listener of listeners) listener(next?.user ?? null, event);
+}
+
+/**
+ * Refreshes the access token a minute before it expires, so a reconnecting
+ * sync connection always has a valid one; a failure (offline) tries again
+ * 30 s later or when the network returns.
+ */
+function scheduleRefresh(): void {
+  clearTimeout(refreshTimer);
+  if (!session) return;
+  const due = Math.max(0, session.expires_at - Date.now() - 60_000);
+  refreshTimer = setTimeout(() => {
+    refresh().catch(() => {
+      clearTimeout(refreshTimer);
+      refreshTimer = setTimeout(scheduleRefresh, 30_000);
+    });
+  }, due);
+}
+addEventListener("online", () => {
+  if (session && session.expires_at - Date.now() < 60_000) scheduleRefresh();
+});
+scheduleRefresh();
+
+/** The access token as it is now (possibly expired), for building a sync URL. */
+export function currentToken(): string | null {
+  return session?.access_token ?? null;
+}
+
+/** Whether the access token is still valid for a while. */
+export function tokenIsFresh(): boolean {
+  return !!session && session.expires_at - Date.now() > 30_000;
 }
 
 export function currentUser(): User | null {
   return session?.user ?? null;
 }
 
-export function onSessionChange(listener: (user: User | null) => void): void {
+export function onSessionChange(listener: (user: User | null, event: SessionEvent) => void): void {
   listeners.add(listener);
 }
 
@@ -71,9 +107,9 @@ async function call(method: string, path: string, body?: unknown, token?: string
   return parsed;
 }
 
-function signedIn(answer: unknown): User {
+function signedIn(answer: unknown, event: SessionEvent = "signed-in"): User {
   const a = answer as { user: User; access_token: string; refresh_token: string; expires_in: number };
-  save({ user: a.user, access_token: a.access_token, refresh_token: a.refresh_token, expires_at: Date.now() + a.expires_in * 1000 });
+  save({ user: a.user, access_token: a.access_token, refresh_token: a.refresh_token, expires_at: Date.now() + a.expires_in * 1000 }, event);
   return a.user;
 }
 
@@ -101,10 +137,10 @@ export function refresh(): Promise<void> {
     if (!current) return;
     try {
       const answer = await call("POST", "/api/auth/refresh", { refresh_token: current.refresh_token });
-      signedIn(answer);
+      signedIn(answer, "refreshed");
     } catch (error) {
       // Only a refusal ends the session; a network error keeps it for later.
-      if (error instanceof ApiError && error.status === 401) save(null);
+      if (error instanceof ApiError && error.status === 401) save(null, "expired");
       else throw error;
     } finally {
       refreshing = null;
@@ -128,6 +164,6 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
 
 export function signOut(): void {
   const token = session?.access_token;
-  save(null);
+  save(null, "signed-out");
   if (token) void call("POST", "/api/auth/logout", undefined, token).catch(() => undefined);
 }

@@ -1,141 +1,213 @@
-// The app: sign in, then everything renders from automerge documents kept in
-// IndexedDB and synced with the server over /sync (SPEC §3, §7).
+// The app: sign in, then every screen renders from automerge documents kept
+// in IndexedDB and synced with the server over /sync (SPEC §3, §7). Screens
+// are addressed by the URL's hash, so notifications and shortcuts can open
+// them: #/post/<id>, #/conversation/<id>, #/new-post, #/contact, ...
 
-import { Repo, type AutomergeUrl, type DocHandle } from "@automerge/automerge-repo";
-import { BrowserWebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket";
-import { IndexedDBStorageAdapter } from "@automerge/automerge-repo-storage-indexeddb";
+import type { DocHandle } from "@automerge/automerge-repo";
 
 import "./styles.css";
-import { accessToken, api, ApiError, currentUser, login, onSessionChange, register, signOut, type User } from "./api";
-
-interface StartDocs {
-  index: string;
-  directory: string;
-  inbox: string;
-  drafts: string;
-}
-
-interface IndexDoc {
-  posts?: Record<string, { title: string; author_name: string; reply_count: number; last_activity: number }>;
-}
+import { api, ApiError, currentUser, login, onSessionChange, register, type SessionEvent, type User } from "./api";
+import { compose, contact, conversation, conversations } from "./backchannel";
+import type { Kind } from "./docs";
+import { metrics, needs, teamInbox } from "./manager";
+import { editPost, feed, startPost, thread } from "./public";
+import { refreshSubscription } from "./push";
+import type { Screen } from "./screen";
+import { settings } from "./settings";
+import { Community, type StartDocs, type SyncStatus } from "./store";
+import { h } from "./ui";
 
 const root = document.getElementById("app") as HTMLElement;
-const status = document.getElementById("sync-status") as HTMLElement;
+const statusLine = document.getElementById("sync-status") as HTMLElement;
+const nav = document.getElementById("tabs") as HTMLElement;
 
-function element<K extends keyof HTMLElementTagNameMap>(tag: K, props: Partial<HTMLElementTagNameMap[K]> = {}, ...children: (Node | string)[]): HTMLElementTagNameMap[K] {
-  const node = Object.assign(document.createElement(tag), props);
-  node.append(...children);
-  return node;
-}
+let community: Community | null = null;
+let leaving: (() => void)[] = [];
 
-function syncUrl(token: string): string {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}/sync?token=${encodeURIComponent(token)}`;
-}
-
-let repo: Repo | null = null;
-
-function showStatus(text: string): void {
-  status.textContent = text;
-}
-
-/** One Repo per signed-in user: each user's automerge actor is their own. */
-async function openRepo(user: User): Promise<Repo> {
-  const next = new Repo({
-    storage: new IndexedDBStorageAdapter(`backchannel-${user.id}`),
-    network: [],
-  });
-  try {
-    next.networkSubsystem.addNetworkAdapter(new BrowserWebSocketClientAdapter(syncUrl(await accessToken())));
-  } catch {
-    showStatus("Offline: changes are kept on this device");
+function describe(status: SyncStatus): string {
+  const waiting = status.waiting === 1 ? "1 change waits" : `${status.waiting} changes wait`;
+  switch (status.state) {
+    case "offline":
+      return status.waiting ? `Offline · ${waiting} on this device` : "Offline · nothing waiting";
+    case "connecting":
+      return status.waiting ? `Connecting… · ${waiting}` : "Connecting…";
+    case "syncing":
+      return status.waiting ? `Syncing · ${waiting}` : "Syncing…";
+    case "stored":
+      return "All changes stored on the server";
   }
-  next.networkSubsystem.on("peer", () => showStatus(navigator.onLine ? "Connected: changes are stored on the server" : "Offline"));
-  next.networkSubsystem.on("peer-disconnected", () => showStatus("Offline: changes are kept on this device"));
-  return next;
+}
+
+function showStatus(status: SyncStatus | null): void {
+  statusLine.textContent = status ? describe(status) : "";
+  statusLine.dataset.state = status?.state ?? "";
 }
 
 function renderSignIn(message = ""): void {
-  const email = element("input", { type: "email", name: "email", required: true, autocomplete: "email" });
-  const password = element("input", { type: "password", name: "password", required: true, minLength: 8, autocomplete: "current-password" });
-  const name = element("input", { type: "text", name: "display_name", autocomplete: "name" });
-  const error = element("p", { role: "alert", className: "error" }, message);
-  const form = element(
+  nav.hidden = true;
+  const email = h("input", { type: "email", name: "email", required: true, autocomplete: "email" });
+  const password = h("input", { type: "password", name: "password", required: true, minLength: 8, autocomplete: "current-password" });
+  const name = h("input", { type: "text", name: "display_name", autocomplete: "name" });
+  const error = h("p", { role: "alert", className: "error" }, message);
+  const form = h(
     "form",
     { className: "card" },
-    element("h2", {}, "Sign in or sign up"),
-    element("label", {}, "Email", email),
-    element("label", {}, "Password", password),
-    element("label", {}, "Your name (to sign up)", name),
-    element("div", { className: "actions" }, element("button", { type: "submit", name: "login" }, "Sign in"), element("button", { type: "submit", name: "register" }, "Sign up")),
+    h("h2", {}, "Sign in or sign up"),
+    h("label", {}, "Email", email),
+    h("label", {}, "Password", password),
+    h("label", {}, "Your name (to sign up)", name),
+    h("div", { className: "actions" }, h("button", { type: "submit", name: "login" }, "Sign in"), h("button", { type: "submit", name: "register", className: "secondary" }, "Sign up")),
     error,
   );
   form.addEventListener("submit", event => {
     event.preventDefault();
     const submitter = (event as SubmitEvent).submitter as HTMLButtonElement | null;
     const signingUp = submitter?.name === "register";
+    if (signingUp && !name.value.trim()) {
+      error.textContent = "Tell the community your name to sign up.";
+      name.focus();
+      return;
+    }
     error.textContent = "";
-    (signingUp ? register(email.value, password.value, name.value) : login(email.value, password.value)).catch((failure: unknown) => {
+    (signingUp ? register(email.value, password.value, name.value.trim()) : login(email.value, password.value)).catch((failure: unknown) => {
       error.textContent = failure instanceof ApiError ? failure.message : "The server cannot be reached; try again when online.";
     });
   });
   root.replaceChildren(form);
 }
 
-function renderFeed(user: User, index: DocHandle<IndexDoc>): void {
-  const list = element("ul", { className: "feed", ariaLabel: "Public posts" });
-  const draw = (): void => {
-    const posts = Object.entries(index.doc()?.posts ?? {}).sort(([, a], [, b]) => b.last_activity - a.last_activity);
-    list.replaceChildren(
-      ...(posts.length
-        ? posts.map(([id, post]) =>
-            element("li", {}, element("a", { href: `#/post/${id}` }, post.title), element("span", { className: "meta" }, ` ${post.author_name} · ${post.reply_count} ${post.reply_count === 1 ? "reply" : "replies"}`)),
-          )
-        : [element("li", { className: "empty" }, "No posts yet.")]),
-    );
+function drawTabs(user: User): void {
+  const tabs: [string, string][] = [
+    ["#/", "Community"],
+    ["#/new-post", "New post"],
+    ["#/contact", "Contact the team"],
+    ["#/conversations", "My conversations"],
+    ...(user.role === "manager" ? ([["#/inbox", "Team inbox"]] as [string, string][]) : []),
+    ["#/settings", "Settings"],
+  ];
+  nav.replaceChildren(h("ul", {}, ...tabs.map(([href, label]) => h("li", {}, h("a", { href }, label)))));
+  nav.hidden = false;
+}
+
+function markTab(): void {
+  const hash = location.hash || "#/";
+  for (const link of nav.querySelectorAll("a")) {
+    const href = link.getAttribute("href") ?? "";
+    const current = href === "#/" ? hash === "#/" || hash.startsWith("#/post/") : hash.startsWith(href);
+    if (current) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+}
+
+/** Draws the screen the hash names. */
+async function route(): Promise<void> {
+  if (!community) return;
+  for (const cleanup of leaving) cleanup();
+  leaving = [];
+  const view = h("div", { className: "screen" });
+  root.replaceChildren(view);
+  const screen: Screen = {
+    community,
+    view,
+    onLeave: cleanup => leaving.push(cleanup),
+    follow<T>(handle: DocHandle<T>, draw: () => void) {
+      handle.on("change", draw);
+      leaving.push(() => handle.off("change", draw));
+      draw();
+    },
+    go: (hash, replace = false) => {
+      if (replace) {
+        history.replaceState(null, "", hash);
+        void route();
+      } else if (location.hash === hash) void route();
+      else location.hash = hash;
+    },
   };
-  index.on("change", draw);
-  draw();
-  const out = element("button", { type: "button" }, "Sign out");
-  out.addEventListener("click", () => signOut());
-  root.replaceChildren(element("header", {}, element("p", {}, `Signed in as ${user.display_name}`), out), element("h2", {}, "Community"), list);
+  markTab();
+  const [, page = "", id = ""] = (location.hash || "#/").split("/");
+  try {
+    switch (page) {
+      case "":
+        return feed(screen);
+      case "post":
+        return await thread(screen, id);
+      case "new-post":
+        return startPost(screen);
+      case "edit":
+        return await editPost(screen, id);
+      case "contact":
+        return id ? await compose(screen, id as Kind) : await contact(screen);
+      case "flag":
+        return await compose(screen, "flag", id);
+      case "conversations":
+        return conversations(screen);
+      case "conversation":
+        return await conversation(screen, id);
+      case "inbox":
+        return community.isManager() ? await teamInbox(screen) : conversations(screen);
+      case "needs":
+        return await needs(screen);
+      case "metrics":
+        return await metrics(screen);
+      case "settings":
+        return settings(screen);
+      default:
+        view.replaceChildren(h("h2", {}, "Nothing here"), h("a", { href: "#/" }, "Back to the community"));
+    }
+  } catch (error) {
+    view.replaceChildren(h("p", { role: "alert", className: "error" }, error instanceof Error ? error.message : "Something went wrong"));
+  }
 }
 
 /** The start documents' URLs: from the server, or as last seen when offline. */
 async function startDocs(user: User): Promise<StartDocs> {
   const key = `backchannel.docs.${user.id}`;
-  try {
-    const docs = (await api<{ docs: StartDocs }>("GET", "/api/me")).docs;
-    localStorage.setItem(key, JSON.stringify(docs));
-    return docs;
-  } catch (error) {
-    const kept = localStorage.getItem(key);
-    if (kept && !(error instanceof ApiError)) return JSON.parse(kept) as StartDocs;
-    throw error;
+  const kept = localStorage.getItem(key);
+  const fetched = api<{ docs: StartDocs }>("GET", "/api/me").then(answer => {
+    localStorage.setItem(key, JSON.stringify(answer.docs));
+    return answer.docs;
+  });
+  // Never wait on the network when this device already knows them.
+  if (kept) {
+    fetched.catch(() => undefined);
+    return JSON.parse(kept) as StartDocs;
   }
+  return fetched;
 }
 
-async function start(user: User | null): Promise<void> {
-  if (repo) {
-    void repo.shutdown().catch(() => undefined);
-    repo = null;
-  }
-  if (!user) {
-    showStatus("");
-    renderSignIn();
+async function start(user: User | null, event: SessionEvent | "opened"): Promise<void> {
+  if (community && user && community.user.id === user.id) {
+    community.user.role = user.role;
     return;
   }
-  showStatus("Connecting…");
-  repo = await openRepo(user);
-  const docs = await startDocs(user);
-  const index = await repo.find<IndexDoc>(docs.index as AutomergeUrl);
-  renderFeed(user, index);
+  for (const cleanup of leaving) cleanup();
+  leaving = [];
+  const previous = community;
+  community = null;
+  if (previous) await previous.close();
+  if (!user) {
+    showStatus(null);
+    renderSignIn(event === "expired" ? "Your session ended; sign in again. Everything you wrote is kept on this device." : "");
+    return;
+  }
+  const next = new Community(user);
+  community = next;
+  next.onStatus(showStatus);
+  root.replaceChildren(h("p", { className: "note" }, "Opening…"));
+  await next.start(await startDocs(user));
+  if (community !== next) return;
+  drawTabs(user);
+  await route();
+  void refreshSubscription().catch(() => undefined);
 }
 
-onSessionChange(user => void start(user));
-void start(currentUser()).catch((error: unknown) => {
-  root.replaceChildren(element("p", { role: "alert" }, error instanceof Error ? error.message : "Something went wrong"));
-});
+addEventListener("hashchange", () => void route());
+onSessionChange((user, event) => void start(user, event).catch(failed));
+void start(currentUser(), "opened").catch(failed);
+
+function failed(error: unknown): void {
+  root.replaceChildren(h("p", { role: "alert", className: "error" }, error instanceof Error ? error.message : "Something went wrong"));
+}
 
 // The service worker keeps the app shell, so the app opens with no network.
 // automerge's wasm loads with a top-level await, so `load` may have fired
@@ -143,6 +215,9 @@ void start(currentUser()).catch((error: unknown) => {
 function registerServiceWorker(): void {
   navigator.serviceWorker.register("/sw.js", { scope: "/" }).catch((error: unknown) => {
     console.warn("the service worker could not be registered", error);
+  });
+  navigator.serviceWorker.addEventListener("message", event => {
+    if ((event.data as { type?: string } | null)?.type === "push-subscription-changed") void refreshSubscription().catch(() => undefined);
   });
 }
 if ("serviceWorker" in navigator) {

@@ -80,12 +80,27 @@ self.addEventListener("notificationclick", event => {
   const target = new URL(event.notification.data?.url || "/", self.location.origin).href;
   event.waitUntil(
     self.clients.matchAll({ type: "window", includeUncontrolled: true }).then(windows => {
-      for (const client of windows) {
-        if ("focus" in client) {
-          return client.navigate(target).then(navigated => (navigated ?? client).focus());
-        }
-      }
-      return self.clients.openWindow(target);
+      const open = windows.find(client => "navigate" in client);
+      if (!open) return self.clients.openWindow(target);
+      // Focusing may be refused (no user gesture reached the worker); the
+      // window still shows the thread.
+      return open
+        .navigate(target)
+        .then(navigated => (navigated ?? open).focus())
+        .catch(() => undefined);
     }),
+  );
+});
+
+// The push service replaced or dropped the subscription: make a new one with
+// the same server key and let open windows register it (the worker has no
+// session of its own; a window that opens later registers it at start).
+self.addEventListener("pushsubscriptionchange", event => {
+  const options = event.oldSubscription?.options;
+  event.waitUntil(
+    (options ? self.registration.pushManager.subscribe(options) : Promise.resolve(null))
+      .catch(() => null)
+      .then(() => self.clients.matchAll({ type: "window", includeUncontrolled: true }))
+      .then(windows => windows.forEach(client => client.postMessage({ type: "push-subscription-changed" }))),
   );
 });

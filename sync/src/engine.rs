@@ -1162,22 +1162,24 @@ impl<P: Policy> Engine<P> {
                 continue;
             };
             // Remember what this device's store shares with us, so its next
-            // connection skips most of the Bloom filter exchange.
+            // connection skips most of the Bloom filter exchange. Only the
+            // shared heads carry over (as in the stored form): what was sent
+            // on this connection may never have arrived.
             if let (Some(storage_id), false, true) = (
                 &peer.connection.storage_id,
                 peer.connection.is_ephemeral,
                 existing.meta_stored,
             ) {
+                let encoded = peer.state.encode();
+                let kept = sync::State::decode(&encoded).unwrap_or_default();
                 effects.push(Effect::Write {
                     write: None,
                     writes: vec![StorageWrite::Put {
                         key: storage::sync_state_key(&document_id, storage_id),
-                        value: peer.state.encode(),
+                        value: encoded,
                     }],
                 });
-                existing
-                    .stored_sync_states
-                    .insert(storage_id.clone(), peer.state);
+                existing.stored_sync_states.insert(storage_id.clone(), kept);
             }
         }
     }

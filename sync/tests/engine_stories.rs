@@ -603,6 +603,31 @@ fn a_devices_sync_state_is_stored_on_disconnect_and_reused_on_reconnect() {
 }
 
 #[test]
+fn a_device_that_reconnects_gets_what_was_sent_to_its_lost_connection() {
+    let mut world = World::new();
+    let phone = world.connect("ada", Some("phone-store"));
+    world.edit(phone, doc_id(1), "n", 1);
+    world.sync(phone, doc_id(1));
+    let laptop = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+
+    // The phone loses its network without the socket closing: what the
+    // server relays now never arrives.
+    world.clients[phone].online = false;
+    world.edit(laptop, doc_id(1), "n", 2);
+    world.sync(laptop, doc_id(1));
+    world.disconnect(phone);
+
+    let again = world.connect("ada", Some("phone-store"));
+    let (doc, _) = world.clients[phone].docs[&doc_id(1)].clone();
+    world.clients[again]
+        .docs
+        .insert(doc_id(1), (doc, sync::State::new()));
+    world.sync(again, doc_id(1));
+    assert_eq!(world.value(again, doc_id(1), "n"), Some(2));
+}
+
+#[test]
 fn ephemeral_messages_reach_the_other_readers_once() {
     let mut world = World::new();
     let phone = world.connect("ada", None);

@@ -35,7 +35,7 @@ import {
   withTimeout,
 } from "./servers.mjs"
 
-const PASSWORD = "rules test password"
+export const PASSWORD = "rules test password"
 // Access tokens live 15 minutes; a person logs in again after this long.
 const TOKEN_REFRESH_MS = 10 * 60 * 1000
 

@@ -1,0 +1,354 @@
+// The device's copy of the community: one automerge-repo Repo per signed-in
+// user, on IndexedDB and the server's /sync, and the sync status line
+// (offline, syncing, or everything stored on the server, with the number of
+// changes still waiting on this device).
+
+import { Repo, decodeHeads, type AutomergeUrl, type DocHandle, type PeerId, type UrlHeads } from "@automerge/automerge-repo";
+import { BrowserWebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket";
+import { IndexedDBStorageAdapter } from "@automerge/automerge-repo-storage-indexeddb";
+import { getAllChanges, getChanges, hasHeads, view } from "@automerge/automerge/slim";
+
+import { accessToken, currentToken, tokenIsFresh, type User } from "./api";
+import type { DirectoryDoc, DocId, DraftsDoc, InboxDoc, IndexDoc } from "./docs";
+import { writeText, type TypingJournal } from "./ui";
+
+interface JournalEntry {
+  documentId: DocId;
+  path: (string | number)[];
+  value: string;
+  parentInit?: Record<string, unknown>;
+}
+
+export interface StartDocs {
+  index: string;
+  directory: string;
+  inbox: string;
+  drafts: string;
+}
+
+export interface SyncStatus {
+  state: "offline" | "connecting" | "syncing" | "stored";
+  /** Changes made on this device that the server has not confirmed storing. */
+  waiting: number;
+}
+
+function syncUrl(token: string): string {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/sync?token=${encodeURIComponent(token)}`;
+}
+
+function urlOf(id: DocId): AutomergeUrl {
+  return (id.startsWith("automerge:") ? id : `automerge:${id}`) as AutomergeUrl;
+}
+
+function sameHeads(a: readonly string[] | undefined, b: readonly string[]): boolean {
+  return !!a && a.length === b.length && a.every(head => b.includes(head));
+}
+
+/**
+ * A signed-in user's documents. The stock WebSocket adapter keeps the URL
+ * (and so the token) it was made with, so whenever the connection is down
+ * and the token has changed, the adapter is replaced by one with the current
+ * token.
+ */
+export class Community implements TypingJournal {
+  readonly repo: Repo;
+  index!: DocHandle<IndexDoc>;
+  directory!: DocHandle<DirectoryDoc>;
+  inbox!: DocHandle<InboxDoc>;
+  drafts!: DocHandle<DraftsDoc>;
+
+  #adapter: BrowserWebSocketClientAdapter | null = null;
+  #adapterToken: string | null = null;
+  #serverPeer: PeerId | null = null;
+  #storageId: string | null;
+  #acked: Record<DocId, UrlHeads>;
+  #ackedKey: string;
+  #statusListeners = new Set<(status: SyncStatus) => void>();
+  #statusTimer: ReturnType<typeof setTimeout> | undefined;
+  #watchdog: ReturnType<typeof setInterval>;
+  #closed = false;
+  status: SyncStatus = { state: "connecting", waiting: 0 };
+
+  constructor(readonly user: User) {
+    // Saved to IndexedDB within 20 ms of a keystroke, and at once when the
+    // page is hidden or closed, so a closed tab keeps what was typed.
+    this.repo = new Repo({ storage: new IndexedDBStorageAdapter(`backchannel-${user.id}`), network: [], saveDebounceRate: 20 });
+    this.#storageId = localStorage.getItem(`backchannel.server-storage-id`);
+    this.#ackedKey = `backchannel.acked.${user.id}`;
+    try {
+      this.#acked = JSON.parse(localStorage.getItem(this.#ackedKey) ?? "{}") as Record<DocId, UrlHeads>;
+    } catch {
+      this.#acked = {};
+    }
+    this.repo.networkSubsystem.on("peer", ({ peerId, peerMetadata }) => {
+      this.#serverPeer = peerId;
+      const storageId = peerMetadata?.storageId;
+      if (storageId && !peerMetadata.isEphemeral) {
+        this.#storageId = storageId;
+        localStorage.setItem(`backchannel.server-storage-id`, storageId);
+      }
+      this.#scheduleStatus();
+    });
+    this.repo.networkSubsystem.on("peer-disconnected", () => {
+      this.#serverPeer = null;
+      this.#scheduleStatus();
+      this.#reconnectIfStale();
+    });
+    this.repo.on("document", ({ handle }) => this.#watch(handle));
+    addEventListener("online", this.#onOnline);
+    addEventListener("offline", this.#onOffline);
+    addEventListener("pagehide", this.#flush);
+    document.addEventListener("visibilitychange", this.#flush);
+    this.#watchdog = setInterval(() => this.#reconnectIfStale(), 4000);
+    void this.#connect();
+  }
+
+  #onOnline = (): void => {
+    this.#replaceAdapter();
+    this.#scheduleStatus();
+  };
+
+  #onOffline = (): void => this.#scheduleStatus();
+
+  #flush = (): void => {
+    if (!this.#closed) void this.repo.flush().catch(() => undefined);
+  };
+
+  async #connect(): Promise<void> {
+    try {
+      await accessToken();
+    } catch {
+      // Offline, or the session ended (the app then asks to sign in again).
+    }
+    if (!this.#closed) this.#replaceAdapter();
+  }
+
+  #replaceAdapter(): void {
+    const token = currentToken();
+    if (this.#closed || !token) return;
+    if (this.#adapter) {
+      const old = this.#adapter;
+      try {
+        this.repo.networkSubsystem.removeNetworkAdapter(old);
+      } catch {
+        // It never connected: nothing to close.
+      }
+    }
+    this.#adapter = new BrowserWebSocketClientAdapter(syncUrl(token), 3000);
+    this.#adapterToken = token;
+    this.repo.networkSubsystem.addNetworkAdapter(this.#adapter);
+  }
+
+  /** While disconnected, make sure the next attempt carries a valid token. */
+  #reconnectIfStale(): void {
+    if (this.#closed || this.#serverPeer || !navigator.onLine) return;
+    if (!tokenIsFresh()) {
+      void accessToken()
+        .then(() => this.#reconnectIfStale())
+        .catch(() => undefined);
+      return;
+    }
+    if (currentToken() !== this.#adapterToken) this.#replaceAdapter();
+  }
+
+  #watch(handle: DocHandle<unknown>): void {
+    const update = (): void => this.#scheduleStatus();
+    handle.on("heads-changed", update);
+    handle.on("remote-heads", update);
+  }
+
+  /** Opens a document from this device, or from the server when it is not here yet. */
+  async open<T>(id: DocId): Promise<DocHandle<T>> {
+    const handle = await this.repo.find<T>(urlOf(id));
+    this.#scheduleStatus();
+    return handle;
+  }
+
+  create<T>(initial: T): DocHandle<T> {
+    const handle = this.repo.create<T>(initial);
+    this.#scheduleStatus();
+    return handle;
+  }
+
+  async start(docs: StartDocs): Promise<void> {
+    [this.index, this.directory, this.inbox, this.drafts] = await Promise.all([
+      this.open<IndexDoc>(docs.index),
+      this.open<DirectoryDoc>(docs.directory),
+      this.open<InboxDoc>(docs.inbox),
+      this.open<DraftsDoc>(docs.drafts),
+    ]);
+    // The stock client only syncs documents it has open: open everything
+    // this user wrote, so offline work from an earlier visit goes out.
+    // Likewise anything changed here that the server had not confirmed when
+    // the app was last open (a reply written offline, say).
+    const pending = new Set([...Object.keys(this.drafts.doc()?.mine ?? {}), ...this.#pendingAtStart()]);
+    for (const id of pending) void this.open(id).catch(() => undefined);
+    await this.#replayJournal();
+  }
+
+  /**
+   * IndexedDB writes are asynchronous, so a tab closed (or a phone that dies)
+   * right after a keystroke could lose it: every typed value is also written
+   * synchronously to localStorage, replayed into its document at the next
+   * start, and dropped once the document is saved.
+   */
+  write(documentId: DocId, path: (string | number)[], value: string, parentInit?: Record<string, unknown>): void {
+    const journal = this.#journal();
+    journal[`${documentId}|${path.join("/")}`] = { documentId, path, value, parentInit };
+    localStorage.setItem(this.#journalKey(), JSON.stringify(journal));
+    this.touched(documentId);
+    clearTimeout(this.#journalTimer);
+    this.#journalTimer = setTimeout(() => void this.#trimJournal(), 500);
+  }
+
+  #journalTimer: ReturnType<typeof setTimeout> | undefined;
+
+  #journalKey(): string {
+    return `backchannel.typing.${this.user.id}`;
+  }
+
+  #journal(): Record<string, JournalEntry> {
+    try {
+      return JSON.parse(localStorage.getItem(this.#journalKey()) ?? "{}") as Record<string, JournalEntry>;
+    } catch {
+      return {};
+    }
+  }
+
+  async #trimJournal(): Promise<void> {
+    const entries = Object.values(this.#journal());
+    if (!entries.length || this.#closed) return;
+    await this.repo.flush(entries.map(entry => entry.documentId as never)).catch(() => undefined);
+    const journal = this.#journal();
+    for (const [key, entry] of Object.entries(journal)) {
+      const handle = this.repo.handles[entry.documentId as never];
+      let value: unknown = handle?.isReady() ? handle.doc() : undefined;
+      for (const step of entry.path) value = (value as Record<string | number, unknown> | undefined)?.[step];
+      if (value === entry.value) delete journal[key];
+    }
+    localStorage.setItem(this.#journalKey(), JSON.stringify(journal));
+  }
+
+  async #replayJournal(): Promise<void> {
+    for (const entry of Object.values(this.#journal())) {
+      try {
+        const handle = await this.open<unknown>(entry.documentId);
+        let value: unknown = handle.doc();
+        for (const step of entry.path) value = (value as Record<string | number, unknown> | undefined)?.[step];
+        if (value !== entry.value) handle.change(doc => writeText(doc, entry.path, entry.value, entry.parentInit));
+      } catch {
+        // The document is gone from this device: nothing to put it back into.
+      }
+    }
+    await this.#trimJournal();
+  }
+
+  /** Notes at once that `id` changed here, so the next start opens it even if the tab closes now. */
+  touched(id: DocId): void {
+    const pending = this.#pendingAtStart();
+    if (!pending.includes(id)) localStorage.setItem(`${this.#ackedKey}.pending`, JSON.stringify([...pending, id]));
+    this.#scheduleStatus();
+  }
+
+  #pendingAtStart(): DocId[] {
+    try {
+      return JSON.parse(localStorage.getItem(`${this.#ackedKey}.pending`) ?? "[]") as DocId[];
+    } catch {
+      return [];
+    }
+  }
+
+  onStatus(listener: (status: SyncStatus) => void): () => void {
+    this.#statusListeners.add(listener);
+    listener(this.status);
+    return () => this.#statusListeners.delete(listener);
+  }
+
+  #scheduleStatus(): void {
+    this.#statusTimer ??= setTimeout(() => {
+      this.#statusTimer = undefined;
+      this.#updateStatus();
+    }, 250);
+  }
+
+  #updateStatus(): void {
+    if (this.#closed) return;
+    let waiting = 0;
+    let behind = false;
+    const pending: DocId[] = [];
+    const storageId = this.#storageId;
+    for (const handle of Object.values(this.repo.handles)) {
+      if (!handle.isReady()) continue;
+      const id = handle.documentId;
+      const doc = handle.doc();
+      if (!doc) continue;
+      const heads = handle.heads();
+      const serverHeads = (storageId && handle.getSyncInfo(storageId as never)?.lastHeads) || this.#acked[id];
+      if (storageId && handle.getSyncInfo(storageId as never)?.lastHeads) this.#acked[id] = serverHeads as UrlHeads;
+      if (serverHeads && sameHeads(serverHeads, heads)) continue;
+      if (!serverHeads) {
+        // Nothing confirmed yet: a document made here counts whole, one
+        // that came from the server is still arriving.
+        if (this.#mine(id)) {
+          waiting += getAllChanges(doc).length;
+          pending.push(id);
+        } else behind = true;
+        continue;
+      }
+      const decoded = decodeHeads(serverHeads);
+      const unsent = hasHeads(doc, decoded) ? getChanges(view(doc, decoded), doc).length : 0;
+      if (unsent > 0) {
+        waiting += unsent;
+        pending.push(id);
+      } else behind = true;
+    }
+    localStorage.setItem(this.#ackedKey, JSON.stringify(this.#acked));
+    // Keep the ones not loaded yet, or a quick reload would forget them.
+    for (const id of this.#pendingAtStart()) if (!this.repo.handles[id as never]?.isReady() && !pending.includes(id)) pending.push(id);
+    localStorage.setItem(`${this.#ackedKey}.pending`, JSON.stringify(pending));
+    const state: SyncStatus["state"] = !navigator.onLine
+      ? "offline"
+      : !this.#serverPeer
+        ? this.#adapter
+          ? "connecting"
+          : "offline"
+        : waiting > 0 || behind
+          ? "syncing"
+          : "stored";
+    this.status = { state, waiting };
+    for (const listener of this.#statusListeners) listener(this.status);
+  }
+
+  #mine(id: DocId): boolean {
+    return !!this.drafts?.doc()?.mine?.[id];
+  }
+
+  /** The display name of a user, from the directory (kept offline). */
+  nameOf(userId: string): string {
+    if (userId === this.user.id) return "You";
+    return this.directory?.doc()?.users?.[userId]?.display_name ?? "Someone";
+  }
+
+  isManager(): boolean {
+    return this.user.role === "manager";
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#watchdog);
+    clearTimeout(this.#statusTimer);
+    removeEventListener("online", this.#onOnline);
+    removeEventListener("offline", this.#onOffline);
+    removeEventListener("pagehide", this.#flush);
+    document.removeEventListener("visibilitychange", this.#flush);
+    if (this.#adapter) {
+      try {
+        this.repo.networkSubsystem.removeNetworkAdapter(this.#adapter);
+      } catch {
+        // never connected
+      }
+    }
+    await this.repo.shutdown().catch(() => undefined);
+  }
+}
