@@ -192,6 +192,9 @@ async function start(user: User | null, event: SessionEvent | "opened"): Promise
   }
   const next = new Community(user);
   community = next;
+  // For support and debugging from the browser console, as automerge-repo's
+  // own examples do.
+  (window as unknown as { repo: unknown }).repo = next.repo;
   next.onStatus(showStatus);
   root.replaceChildren(h("p", { className: "note" }, "Opening…"));
   await next.start(await startDocs(user));

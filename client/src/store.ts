@@ -95,7 +95,6 @@ export class Community implements TypingJournal {
       this.#scheduleStatus();
       this.#reconnectIfStale();
     });
-    this.repo.on("document", ({ handle }) => this.#watch(handle));
     addEventListener("online", this.#onOnline);
     addEventListener("offline", this.#onOffline);
     addEventListener("pagehide", this.#flush);
@@ -127,17 +126,26 @@ export class Community implements TypingJournal {
   #replaceAdapter(): void {
     const token = currentToken();
     if (this.#closed || !token) return;
-    if (this.#adapter) {
-      const old = this.#adapter;
-      try {
-        this.repo.networkSubsystem.removeNetworkAdapter(old);
-      } catch {
-        // It never connected: nothing to close.
-      }
-    }
+    if (this.#adapter) this.#retire(this.#adapter);
     this.#adapter = new BrowserWebSocketClientAdapter(syncUrl(token), 3000);
     this.#adapterToken = token;
     this.repo.networkSubsystem.addNetworkAdapter(this.#adapter);
+  }
+
+  /**
+   * Closes an adapter for good. The stock adapter schedules a reconnect when
+   * a connection attempt fails, and disconnect() does not cancel it: a
+   * retired adapter would come back with the same peer id and push out the
+   * new one, so its connect is disabled first.
+   */
+  #retire(adapter: BrowserWebSocketClientAdapter): void {
+    (adapter as { retryInterval: number }).retryInterval = 0;
+    adapter.connect = () => undefined;
+    try {
+      this.repo.networkSubsystem.removeNetworkAdapter(adapter);
+    } catch {
+      // It never connected: nothing to close.
+    }
   }
 
   /** While disconnected, make sure the next attempt carries a valid token. */
@@ -152,7 +160,12 @@ export class Community implements TypingJournal {
     if (currentToken() !== this.#adapterToken) this.#replaceAdapter();
   }
 
+  #watched = new WeakSet<DocHandle<unknown>>();
+
+  /** Follows a handle for the status line (the Repo has no event for new handles). */
   #watch(handle: DocHandle<unknown>): void {
+    if (this.#watched.has(handle)) return;
+    this.#watched.add(handle);
     const update = (): void => this.#scheduleStatus();
     handle.on("heads-changed", update);
     handle.on("remote-heads", update);
@@ -161,12 +174,14 @@ export class Community implements TypingJournal {
   /** Opens a document from this device, or from the server when it is not here yet. */
   async open<T>(id: DocId): Promise<DocHandle<T>> {
     const handle = await this.repo.find<T>(urlOf(id));
+    this.#watch(handle as DocHandle<unknown>);
     this.#scheduleStatus();
     return handle;
   }
 
   create<T>(initial: T): DocHandle<T> {
     const handle = this.repo.create<T>(initial);
+    this.#watch(handle as DocHandle<unknown>);
     this.#scheduleStatus();
     return handle;
   }
@@ -342,13 +357,7 @@ export class Community implements TypingJournal {
     removeEventListener("offline", this.#onOffline);
     removeEventListener("pagehide", this.#flush);
     document.removeEventListener("visibilitychange", this.#flush);
-    if (this.#adapter) {
-      try {
-        this.repo.networkSubsystem.removeNetworkAdapter(this.#adapter);
-      } catch {
-        // never connected
-      }
-    }
+    if (this.#adapter) this.#retire(this.#adapter);
     await this.repo.shutdown().catch(() => undefined);
   }
 }

@@ -66,6 +66,12 @@ async function stored(page) {
   try {
     await page.getByRole("status").filter({ hasText: "All changes stored on the server" }).waitFor({ timeout: 15_000 })
   } catch (error) {
+    if (process.env.DEBUG_PAGES) console.log(await page.evaluate(() => {
+      const repo = window.repo
+      const storageId = localStorage.getItem("backchannel.server-storage-id")
+      return JSON.stringify({ peers: repo.peers, handles: Object.values(repo.handles).filter(h => h.isReady()).map(h => ({ id: h.documentId, heads: h.heads(), server: h.getSyncInfo(storageId)?.lastHeads })) }, null, 1)
+    }), page.url())
+    if (process.env.DEBUG_PAGES) console.log(community.server.stderrText().split("\n").filter(l => /WARN|ERROR|refus/i.test(l)).slice(-20).join("\n"))
     throw new Error(`the status line still says “${await page.locator("#sync-status").innerText()}”`, { cause: error })
   }
 }
