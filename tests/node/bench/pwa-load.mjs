@@ -36,7 +36,6 @@ try {
     await page.getByLabel("Your name (to sign up)").fill(`Reader ${run}`)
     await page.getByRole("button", { name: "Sign up" }).click()
     await page.getByRole("heading", { name: "Community" }).waitFor()
-    await page.waitForFunction(() => navigator.serviceWorker.controller !== null || navigator.serviceWorker.ready.then(() => false))
     await page.evaluate(() => navigator.serviceWorker.ready)
 
     started = Date.now()
