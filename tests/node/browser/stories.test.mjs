@@ -290,6 +290,71 @@ describe("the back-channel", () => {
   })
 })
 
+describe("the team's tools", () => {
+  test("a manager promotes a question its opener agreed to share, and it becomes a public post", async () => {
+    const member = await phone()
+    const manager = await phone()
+    try {
+      await signUp(member.page, "Hana")
+      await member.page.getByRole("link", { name: "Contact the team" }).first().click()
+      await member.page.getByRole("link", { name: /Ask privately/ }).click()
+      await member.page.getByLabel("Subject").fill("Can beginners join the walks?")
+      await member.page.getByLabel("Message").fill("I have never hiked before.")
+      await member.page.getByRole("button", { name: "Send to the team" }).click()
+      await member.page.getByLabel("The team may share this question and its answer publicly").check()
+      await member.page.getByLabel("Without my name").check()
+      await stored(member.page)
+
+      await signIn(manager.page, community.manager.email)
+      await manager.page.getByRole("link", { name: "Team inbox" }).click()
+      await manager.page.getByRole("list", { name: "Team inbox" }).getByRole("link", { name: "Can beginners join the walks?" }).click({ timeout: 15_000 })
+      await manager.page.getByLabel("Your message").fill("Yes, every walk has an easy group.")
+      await manager.page.getByRole("button", { name: "Send message" }).click()
+      await manager.page.getByLabel("Tags").fill("walks, beginners")
+      await manager.page.getByLabel("Tags").press("Enter")
+      await manager.page.getByLabel("State").selectOption("resolved")
+      await stored(manager.page)
+      await manager.page.getByRole("button", { name: "Promote to public" }).click()
+      await manager.page.getByRole("heading", { name: "Can beginners join the walks?" }).waitFor({ timeout: 15_000 })
+      assert.match(await manager.page.locator("article").innerText(), /Anonymous/)
+      assert.match(await manager.page.locator("article").innerText(), /every walk has an easy group/)
+
+      await member.page.getByRole("link", { name: "Community" }).click()
+      await member.page.getByRole("list", { name: "Public posts" }).getByRole("link", { name: "Can beginners join the walks?" }).waitFor({ timeout: 15_000 })
+
+      await manager.page.getByRole("link", { name: "Team inbox" }).click()
+      await manager.page.getByRole("link", { name: "Needs" }).click()
+      await manager.page.getByRole("table", { name: "By tag" }).getByText("beginners").waitFor({ timeout: 15_000 })
+      await manager.page.screenshot({ path: path.join(SHOTS, "needs.png") })
+      await manager.page.goto(`${community.server.httpUrl}/#/metrics`)
+      await manager.page.getByRole("table", { name: "The last 8 weeks" }).waitFor()
+    } finally {
+      await member.context.close()
+      await manager.context.close()
+    }
+  })
+
+  test("settings turn notifications on only when asked, and a push service that fails leaves a readable message", async () => {
+    const member = await phone()
+    try {
+      await signUp(member.page, "Ivo")
+      await member.page.getByRole("link", { name: "Settings" }).click()
+      assert.equal(await member.page.evaluate(() => Notification.permission), "default", "nothing asked before the user acts")
+      await member.context.grantPermissions(["notifications"], { origin: community.server.httpUrl })
+      await member.page.getByRole("button", { name: "Turn on notifications" }).click()
+      // This machine reaches no browser push service: subscribing fails (or
+      // times out), and the screen says so instead of hanging.
+      const status = member.page.locator("section", { hasText: "Notifications" }).getByRole("status")
+      await status.filter({ hasNotText: "Turning notifications on…" }).waitFor({ timeout: 20_000 })
+      assert.ok((await status.innerText()).length > 10)
+      assert.equal(await member.page.getByRole("button", { name: /Turn (on|off) notifications/ }).isEnabled(), true)
+      await member.page.screenshot({ path: path.join(SHOTS, "settings.png") })
+    } finally {
+      await member.context.close()
+    }
+  })
+})
+
 describe("notifications", () => {
   test("clicking a push notification opens its thread", async () => {
     const ada = await phone()
