@@ -67,7 +67,7 @@ export function settings(screen: Screen): void {
       .then(drawToggle)
       .catch((error: unknown) => {
         drawToggle();
-        status.textContent = error instanceof Error ? error.message : "Notifications could not be turned on.";
+        status.textContent = `Notifications could not be turned on: ${error instanceof Error ? error.message : String(error)}`;
       });
   });
   drawToggle();

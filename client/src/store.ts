@@ -8,7 +8,7 @@ import { BrowserWebSocketClientAdapter } from "@automerge/automerge-repo-network
 import { IndexedDBStorageAdapter } from "@automerge/automerge-repo-storage-indexeddb";
 import { getAllChanges, getChanges, hasHeads, view } from "@automerge/automerge/slim";
 
-import { accessToken, currentToken, tokenIsFresh, type User } from "./api";
+import { accessToken, currentToken, refresh, tokenIsFresh, type User } from "./api";
 import type { DirectoryDoc, DocId, DraftsDoc, InboxDoc, IndexDoc } from "./docs";
 import { writeText, type TypingJournal } from "./ui";
 
@@ -67,6 +67,8 @@ export class Community implements TypingJournal {
   #statusListeners = new Set<(status: SyncStatus) => void>();
   #statusTimer: ReturnType<typeof setTimeout> | undefined;
   #watchdog: ReturnType<typeof setInterval>;
+  #downSince: number | null = null;
+  #lastSessionCheck = 0;
   #closed = false;
   status: SyncStatus = { state: "connecting", waiting: 0 };
 
@@ -150,7 +152,21 @@ export class Community implements TypingJournal {
 
   /** While disconnected, make sure the next attempt carries a valid token. */
   #reconnectIfStale(): void {
-    if (this.#closed || this.#serverPeer || !navigator.onLine) return;
+    if (this.#closed || this.#serverPeer || !navigator.onLine) {
+      this.#downSince = null;
+      return;
+    }
+    this.#downSince ??= Date.now();
+    // Online, yet refused for a while: the session may have ended elsewhere
+    // (signed out on another device, a reused refresh token). A refresh
+    // tells; if the server refuses it the app asks to sign in again.
+    if (Date.now() - this.#downSince > 10_000 && Date.now() - this.#lastSessionCheck > 60_000) {
+      this.#lastSessionCheck = Date.now();
+      void refresh()
+        .then(() => this.#replaceAdapter())
+        .catch(() => undefined);
+      return;
+    }
     if (!tokenIsFresh()) {
       void accessToken()
         .then(() => this.#reconnectIfStale())

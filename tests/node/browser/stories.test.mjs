@@ -355,6 +355,37 @@ describe("the team's tools", () => {
   })
 })
 
+describe("sessions", () => {
+  test("a session that ends asks to sign in again, and what was typed is still there after", async () => {
+    const ada = await phone()
+    try {
+      const email = await signUp(ada.page, "Jo")
+      const post = await publish(ada.page, "Half a thought", "Finish it later")
+      await ada.page.getByLabel("Your reply").fill("Something I had not finished")
+      await stored(ada.page)
+
+      // The refresh token is used twice (as a thief would): the server ends
+      // the session, and the app's next refresh is refused.
+      const refreshToken = await ada.page.evaluate(() => JSON.parse(localStorage.getItem("backchannel.session")).refresh_token)
+      const refreshWith = () => fetch(`${community.server.httpUrl}/api/auth/refresh`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ refresh_token: refreshToken }) })
+      assert.equal((await refreshWith()).status, 200)
+      assert.equal((await refreshWith()).status, 401)
+
+      await ada.page.getByRole("link", { name: "Contact the team" }).first().click()
+      await ada.page.getByText("Your session ended; sign in again.").waitFor({ timeout: 15_000 })
+      await ada.page.getByLabel("Email").fill(email)
+      await ada.page.getByLabel("Password").fill(PASSWORD)
+      await ada.page.getByRole("button", { name: "Sign in" }).click()
+      await ada.page.getByRole("heading", { name: "Contact the team" }).waitFor()
+      await ada.page.goto(`${community.server.httpUrl}/#/post/${post}`)
+      await ada.page.getByRole("heading", { name: "Half a thought" }).waitFor()
+      assert.equal(await ada.page.getByLabel("Your reply").inputValue(), "Something I had not finished")
+    } finally {
+      await ada.context.close()
+    }
+  })
+})
+
 describe("notifications", () => {
   test("clicking a push notification opens its thread", async () => {
     const ada = await phone()
