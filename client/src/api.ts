@@ -47,12 +47,27 @@ const listeners = new Set<(user: User | null, event: SessionEvent) => void>();
 let refreshTimer: ReturnType<typeof setTimeout> | undefined;
 
 function save(next: Session | null, event: SessionEvent): void {
-  session = next;
   if (next) localStorage.setItem(KEY, JSON.stringify(next));
   else localStorage.removeItem(KEY);
+  adopt(next, event);
+}
+
+function adopt(next: Session | null, event: SessionEvent): void {
+  session = next;
   scheduleRefresh();
   for (const listener of listeners) listener(next?.user ?? null, event);
 }
+
+// Another tab or window (the installed app beside a browser tab) signed in,
+// out, or refreshed: follow it, or this one would present a refresh token
+// already used, which ends the session (SPEC §2).
+addEventListener("storage", event => {
+  if (event.key !== KEY && event.key !== null) return;
+  const next = load();
+  const before = session?.user.id;
+  if (next?.access_token === session?.access_token) return;
+  adopt(next, !next ? "signed-out" : next.user.id === before ? "refreshed" : "signed-in");
+});
 
 /**
  * Refreshes the access token a minute before it expires, so a reconnecting
@@ -131,10 +146,21 @@ export async function accessToken(): Promise<string> {
   return session.access_token;
 }
 
+/** Runs `task` while no other tab refreshes the same session. */
+function exclusively(task: () => Promise<void>): Promise<void> {
+  return navigator.locks ? navigator.locks.request("backchannel-refresh", task).then(() => undefined) : task();
+}
+
 export function refresh(): Promise<void> {
-  refreshing ??= (async () => {
-    const current = session;
+  refreshing ??= exclusively(async () => {
+    const before = session;
+    const current = load();
     if (!current) return;
+    if (before && current.user.id === before.user.id && current.refresh_token !== before.refresh_token) {
+      // Another tab refreshed it while this one waited.
+      adopt(current, "refreshed");
+      return;
+    }
     try {
       const answer = await call("POST", "/api/auth/refresh", { refresh_token: current.refresh_token });
       signedIn(answer, "refreshed");
@@ -142,10 +168,10 @@ export function refresh(): Promise<void> {
       // Only a refusal ends the session; a network error keeps it for later.
       if (error instanceof ApiError && error.status === 401) save(null, "expired");
       else throw error;
-    } finally {
-      refreshing = null;
     }
-  })();
+  }).finally(() => {
+    refreshing = null;
+  });
   return refreshing;
 }
 

@@ -2,6 +2,8 @@
 // kinds of conversation, my conversations from the inbox, and a conversation
 // with its messages (plus the manager controls on it).
 
+import type { DocHandle } from "@automerge/automerge-repo";
+
 import { api, ApiError } from "./api";
 import { chronological, itemId, KIND_NAMES, newConversation, type ConversationDoc, type Kind, type PostDoc } from "./docs";
 import { muteButton } from "./settings";
@@ -115,6 +117,7 @@ export async function compose(screen: Screen, kind: Kind, aboutPost?: string): P
       doc.mine[handle.documentId] = { type: "conversation", created_at: Date.now() };
       delete doc.items[key];
     });
+    community.forget(community.drafts.documentId, ["items", key]);
     community.touched(handle.documentId);
     screen.go(`#/conversation/${handle.documentId}`, true);
   });
@@ -150,10 +153,10 @@ export function conversations(screen: Screen): void {
 
 export async function conversation(screen: Screen, id: string): Promise<void> {
   const { community } = screen;
-  const handle = await openOrExplain<ConversationDoc>(screen, id, "conversation");
+  const handle = await openOrExplain<ConversationDoc>(screen, id, "conversation", "conversation");
   if (!handle) return;
   const me = community.user.id;
-  const subject = h("h2", {});
+  const subject = h("h2", { tabIndex: -1 });
   const meta = h("p", { className: "meta" });
   const messages = h("ol", { className: "list messages", ariaLabel: "Messages" });
   const box = h("textarea", { name: "message", rows: 3 });
@@ -171,36 +174,44 @@ export async function conversation(screen: Screen, id: string): Promise<void> {
     community.drafts.change(doc => {
       delete doc.items[draftKey];
     });
+    community.forget(community.drafts.documentId, ["items", draftKey]);
     box.value = "";
   });
-  const openerControls = h("fieldset", { className: "card" });
+  const consentBox = h("fieldset", { className: "card" });
+  let updateConsent: (() => void) | undefined;
   const teamControls = h("div", { className: "card" });
   const members = community.isManager() ? await team() : [];
   const draw = (): void => {
     const doc = handle.doc();
     if (!doc) return;
     subject.textContent = textOf(doc.subject) || "(no subject)";
-    meta.replaceChildren(`${KIND_NAMES[doc.kind] ?? doc.kind} · ${doc.state === "resolved" ? "resolved" : "open"} · opened by ${community.nameOf(doc.opener)} `, when(doc.created_at));
+    const kind = textOf(doc.kind) as Kind;
+    const opener = textOf(doc.opener);
+    meta.replaceChildren(`${KIND_NAMES[kind] ?? kind} · ${textOf(doc.state) === "resolved" ? "resolved" : "open"} · opened by ${community.nameOf(opener)} `, when(doc.created_at));
     messages.replaceChildren(
       ...chronological(doc.messages ?? []).map(message =>
-        h("li", { className: message.author === me ? "mine" : "" }, h("p", { className: "meta" }, `${community.nameOf(message.author)} · `, when(message.created_at)), h("p", {}, textOf(message.body))),
+        h("li", { className: textOf(message.author) === me ? "mine" : "" }, h("p", { className: "meta" }, `${community.nameOf(textOf(message.author))} · `, when(message.created_at)), h("p", {}, textOf(message.body))),
       ),
     );
-    if (doc.opener === me) drawOpenerControls(openerControls, handle);
-    openerControls.hidden = doc.opener !== me;
+    if (opener === me) {
+      updateConsent ??= openerControls(consentBox, handle);
+      updateConsent();
+    }
+    consentBox.hidden = opener !== me;
     teamControls.hidden = !community.isManager();
     if (community.isManager() && !teamControls.contains(document.activeElement)) drawTeamControls(screen, teamControls, handle, members);
   };
   screen.follow(handle, draw);
-  screen.view.replaceChildren(subject, meta, h("div", { className: "actions" }, await muteButton(screen, id, textOf(handle.doc()?.subject))), messages, form, openerControls, teamControls);
+  screen.view.replaceChildren(subject, meta, h("div", { className: "actions" }, await muteButton(screen, id, textOf(handle.doc()?.subject))), messages, form, consentBox, teamControls);
 }
 
-/** The opener's consent to sharing the question and answer publicly. */
-function drawOpenerControls(container: HTMLElement, handle: import("@automerge/automerge-repo").DocHandle<ConversationDoc>): void {
-  const doc = handle.doc();
-  if (!doc) return;
-  const consent = h("input", { type: "checkbox", name: "consent", checked: !!doc.publish?.consent });
-  const anonymous = h("input", { type: "checkbox", name: "anonymous", checked: !!doc.publish?.anonymous, disabled: !doc.publish?.consent });
+/**
+ * The opener's consent to sharing the question and answer publicly. Built
+ * once and updated in place, so a change does not take the person's focus.
+ */
+function openerControls(container: HTMLElement, handle: DocHandle<ConversationDoc>): () => void {
+  const consent = h("input", { type: "checkbox", name: "consent" });
+  const anonymous = h("input", { type: "checkbox", name: "anonymous" });
   const save = (): void =>
     handle.change(d => {
       d.publish = { consent: consent.checked, anonymous: consent.checked && anonymous.checked };
@@ -212,13 +223,19 @@ function drawOpenerControls(container: HTMLElement, handle: import("@automerge/a
     h("label", { className: "check" }, consent, h("span", {}, "The team may share this question and its answer publicly")),
     h("label", { className: "check" }, anonymous, h("span", {}, "Without my name")),
   );
+  return () => {
+    const publish = handle.doc()?.publish;
+    consent.checked = !!publish?.consent;
+    anonymous.checked = !!publish?.anonymous;
+    anonymous.disabled = !publish?.consent;
+  };
 }
 
-function drawTeamControls(screen: Screen, container: HTMLElement, handle: import("@automerge/automerge-repo").DocHandle<ConversationDoc>, members: TeamMember[]): void {
+function drawTeamControls(screen: Screen, container: HTMLElement, handle: DocHandle<ConversationDoc>, members: TeamMember[]): void {
   const doc = handle.doc();
   if (!doc) return;
   const state = h("select", { name: "state" }, h("option", { value: "open" }, "Open"), h("option", { value: "resolved" }, "Resolved"));
-  state.value = doc.state;
+  state.value = textOf(doc.state);
   state.addEventListener("change", () => handle.change(d => {
     d.state = state.value as ConversationDoc["state"];
   }));
@@ -230,7 +247,7 @@ function drawTeamControls(screen: Screen, container: HTMLElement, handle: import
     });
   });
   const assignee = h("select", { name: "assignee" }, h("option", { value: "" }, "Nobody"), ...members.filter(m => m.role === "manager").map(m => h("option", { value: m.id }, m.display_name)));
-  assignee.value = doc.assignee ?? "";
+  assignee.value = textOf(doc.assignee);
   assignee.addEventListener("change", () => handle.change(d => {
     if (assignee.value) d.assignee = assignee.value;
     else delete d.assignee;

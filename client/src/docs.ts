@@ -137,5 +137,5 @@ export function newConversation(opener: string, kind: Kind, subject: string, bod
 
 /** Items sorted the way every client shows them: by time, then id. */
 export function chronological<T extends { created_at: number; id: string }>(items: readonly T[]): T[] {
-  return [...items].sort((a, b) => a.created_at - b.created_at || a.id.localeCompare(b.id));
+  return [...items].sort((a, b) => Number(a.created_at) - Number(b.created_at) || String(a.id).localeCompare(String(b.id)));
 }

@@ -38,9 +38,14 @@ function describe(status: SyncStatus): string {
   }
 }
 
+const announcer = document.getElementById("sync-announcer") as HTMLElement;
+
 function showStatus(status: SyncStatus | null): void {
   statusLine.textContent = status ? describe(status) : "";
-  statusLine.dataset.state = status?.state ?? "";
+  // Screen readers hear changes of state, not every keystroke's count.
+  const state = status?.state ?? "";
+  if (statusLine.dataset.state !== state) announcer.textContent = status ? describe({ state, waiting: 0 } as SyncStatus).replace(/ · .*/, "") : "";
+  statusLine.dataset.state = state;
 }
 
 function renderSignIn(message = ""): void {
@@ -100,22 +105,32 @@ function markTab(): void {
 }
 
 /** Draws the screen the hash names. */
+let routeNumber = 0;
+
 async function route(): Promise<void> {
   if (!community) return;
   for (const cleanup of leaving) cleanup();
   leaving = [];
+  const number = ++routeNumber;
+  // A screen still loading when the user moves on must not draw or listen.
+  const current = (): boolean => number === routeNumber;
   const view = h("div", { className: "screen" });
   root.replaceChildren(view);
   const screen: Screen = {
     community,
     view,
-    onLeave: cleanup => leaving.push(cleanup),
+    onLeave: cleanup => {
+      if (current()) leaving.push(cleanup);
+      else cleanup();
+    },
     follow<T>(handle: DocHandle<T>, draw: () => void) {
+      if (!current()) return;
       handle.on("change", draw);
       leaving.push(() => handle.off("change", draw));
       draw();
     },
     go: (hash, replace = false) => {
+      if (!current()) return;
       if (replace) {
         history.replaceState(null, "", hash);
         void route();
@@ -136,8 +151,11 @@ async function route(): Promise<void> {
       case "edit":
         return await editPost(screen, id);
       case "contact":
-        return id ? await compose(screen, id as Kind) : await contact(screen);
+        if (!id) return await contact(screen);
+        if (!["question", "report", "idea", "story"].includes(id)) break;
+        return await compose(screen, id as Kind);
       case "flag":
+        if (!id) break;
         return await compose(screen, "flag", id);
       case "conversations":
         return conversations(screen);
@@ -151,11 +169,17 @@ async function route(): Promise<void> {
         return await metrics(screen);
       case "settings":
         return settings(screen);
-      default:
-        view.replaceChildren(h("h2", {}, "Nothing here"), h("a", { href: "#/" }, "Back to the community"));
     }
+    view.replaceChildren(h("h2", {}, "Nothing here"), h("a", { href: "#/" }, "Back to the community"));
   } catch (error) {
     view.replaceChildren(h("p", { role: "alert", className: "error" }, error instanceof Error ? error.message : "Something went wrong"));
+  } finally {
+    // Move focus to the new screen's heading, as a page load would.
+    const heading = current() && moved ? view.querySelector<HTMLElement>("h2") : null;
+    if (heading) {
+      heading.tabIndex = -1;
+      heading.focus({ preventScroll: true });
+    }
   }
 }
 
@@ -177,7 +201,11 @@ async function startDocs(user: User): Promise<StartDocs> {
 
 async function start(user: User | null, event: SessionEvent | "opened"): Promise<void> {
   if (community && user && community.user.id === user.id) {
-    community.user.role = user.role;
+    if (community.user.role !== user.role) {
+      community.user.role = user.role;
+      drawTabs(user);
+      await route();
+    }
     return;
   }
   for (const cleanup of leaving) cleanup();
@@ -204,7 +232,11 @@ async function start(user: User | null, event: SessionEvent | "opened"): Promise
   void refreshSubscription().catch(() => undefined);
 }
 
-addEventListener("hashchange", () => void route());
+let moved = false;
+addEventListener("hashchange", () => {
+  moved = true;
+  void route();
+});
 onSessionChange((user, event) => void start(user, event).catch(failed));
 void start(currentUser(), "opened").catch(failed);
 

@@ -49,7 +49,7 @@ export async function teamInbox(screen: Screen): Promise<void> {
       if (kind.value && entry.kind !== kind.value) return false;
       if (state.value && entry.state !== state.value) return false;
       if (tag.value && !(doc?.tags ?? []).some(t => textOf(t) === tag.value)) return false;
-      const who = doc?.assignee;
+      const who = doc?.assignee === undefined ? undefined : textOf(doc.assignee);
       if (assignee.value === "none" && who) return false;
       if (assignee.value === "me" && who !== community.user.id) return false;
       if (assignee.value && assignee.value !== "none" && assignee.value !== "me" && who !== assignee.value) return false;
@@ -57,7 +57,7 @@ export async function teamInbox(screen: Screen): Promise<void> {
     });
     const row = ([id, entry]: [string, { subject: string; kind: Kind; state: string; last_activity: number; last_author: string }]): HTMLLIElement => {
       const doc = opened.get(id)?.doc();
-      const extra = [doc?.assignee ? `assigned to ${community.nameOf(doc.assignee)}` : "", ...(doc?.tags ?? []).map(t => `#${textOf(t)}`)].filter(Boolean).join(" ");
+      const extra = [doc?.assignee ? `assigned to ${community.nameOf(textOf(doc.assignee))}` : "", ...(doc?.tags ?? []).map(t => `#${textOf(t)}`)].filter(Boolean).join(" ");
       return h(
         "li",
         { className: `${entry.state} kind-${entry.kind}` },

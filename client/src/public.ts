@@ -7,7 +7,7 @@ import type { DocHandle } from "@automerge/automerge-repo";
 import { chronological, itemId, newPost, type PostDoc } from "./docs";
 import { muteButton } from "./settings";
 import { openOrExplain, type Screen } from "./screen";
-import { bindText, button, h, labelled, notice, textOf, when } from "./ui";
+import { bindText, button, h, labelled, notice, textOf, timeText, when } from "./ui";
 
 export function feed(screen: Screen): void {
   const { community } = screen;
@@ -38,7 +38,7 @@ export function feed(screen: Screen): void {
         following.add(id);
         void community.open<PostDoc>(id).then(opened => screen.follow(opened, drawDrafts)).catch(() => undefined);
       }
-      return !handle?.isReady() || handle.doc()?.status === "draft";
+      return !handle?.isReady() || textOf(handle.doc()?.status) === "draft";
     });
     draftsSection.hidden = shown.length === 0;
     drafts.replaceChildren(...shown.map(([id]) => h("li", {}, h("a", { href: `#/edit/${id}` }, draftTitle(screen, id)))));
@@ -57,10 +57,10 @@ function draftTitle(screen: Screen, id: string): string {
 
 export async function thread(screen: Screen, id: string): Promise<void> {
   const { community } = screen;
-  const post = await openOrExplain<PostDoc>(screen, id, "post");
+  const post = await openOrExplain<PostDoc>(screen, id, "post", "post");
   if (!post) return;
   const me = community.user.id;
-  const title = h("h2", {});
+  const title = h("h2", { tabIndex: -1 });
   const byline = h("p", { className: "meta" });
   const body = h("div", { className: "post-body" });
   const replies = h("ol", { className: "list replies", ariaLabel: "Replies" });
@@ -73,7 +73,9 @@ export async function thread(screen: Screen, id: string): Promise<void> {
   form.addEventListener("submit", event => {
     event.preventDefault();
     const text = box.value.trim();
-    if (!text) return;
+    const now = post.doc();
+    // The server refuses replies to a closed or unpublished thread.
+    if (!text || !now || now.locked || textOf(now.status) !== "published") return;
     post.change(doc => {
       doc.replies.push({ id: itemId(), author: me, created_at: Date.now(), body: text });
     });
@@ -81,13 +83,15 @@ export async function thread(screen: Screen, id: string): Promise<void> {
     community.drafts.change(doc => {
       delete doc.items[draftKey];
     });
+    community.forget(community.drafts.documentId, ["items", draftKey]);
     box.value = "";
   });
   const draw = (): void => {
     const doc = post.doc();
     if (!doc) return;
     title.textContent = textOf(doc.title) || "(untitled)";
-    byline.replaceChildren(`${doc.anonymous ? "Anonymous" : community.nameOf(doc.author)} · `, when(doc.created_at), doc.status === "hidden" ? " · hidden" : "", doc.locked ? " · replies are closed" : "");
+    const status = textOf(doc.status);
+    byline.replaceChildren(`${doc.anonymous ? "Anonymous" : community.nameOf(textOf(doc.author))} · `, when(doc.created_at), status === "hidden" ? " · hidden" : "", doc.locked ? " · replies are closed" : "");
     body.textContent = textOf(doc.body);
     const items = chronological(doc.replies ?? []);
     replies.replaceChildren(
@@ -96,31 +100,41 @@ export async function thread(screen: Screen, id: string): Promise<void> {
             h(
               "li",
               {},
-              h("p", { className: "meta" }, `${community.nameOf(reply.author)} · `, when(reply.created_at)),
+              h("p", { className: "meta" }, `${community.nameOf(textOf(reply.author))} · `, when(reply.created_at)),
               h("p", { className: reply.deleted ? "deleted" : "" }, reply.deleted ? "(deleted)" : textOf(reply.body)),
-              reply.author === me && !reply.deleted
-                ? button("Delete my reply", () => post.change(d => {
-                    const found = d.replies.find(r => r.id === reply.id);
-                    if (found) found.deleted = true;
-                  }), { className: "link" })
+              textOf(reply.author) === me && !reply.deleted && status === "published"
+                ? button("Delete my reply", () => {
+                    if (!confirm("Delete your reply? Everyone will see “(deleted)” instead.")) return;
+                    post.change(d => {
+                      const found = d.replies.find(r => textOf(r.id) === textOf(reply.id));
+                      if (found) found.deleted = true;
+                    });
+                    community.touched(post.documentId);
+                  }, { className: "link", ariaLabel: `Delete my reply from ${timeText(reply.created_at)}` })
                 : null,
             ),
           )
         : [h("li", { className: "empty" }, "No replies yet.")]),
     );
-    form.hidden = !!doc.locked || doc.status !== "published";
-    managerTools.replaceChildren(
-      ...(community.isManager() && doc.status !== "draft"
-        ? [
-            button(doc.locked ? "Reopen replies" : "Close replies", () => post.change(d => {
-              d.locked = !d.locked;
-            })),
-            button(doc.status === "hidden" ? "Show the post again" : "Hide the post", () => post.change(d => {
-              d.status = d.status === "hidden" ? "published" : "hidden";
-            })),
-          ]
-        : []),
-    );
+    form.hidden = !!doc.locked || status !== "published";
+    // On a hidden post managers may change only its status (RULES.md).
+    const tools: HTMLButtonElement[] = [];
+    if (community.isManager() && status === "published") {
+      tools.push(
+        button(doc.locked ? "Reopen replies" : "Close replies", () => post.change(d => {
+          d.locked = !d.locked;
+        })),
+        button("Hide the post", () => post.change(d => {
+          d.status = "hidden";
+        })),
+      );
+    }
+    if (community.isManager() && status === "hidden") {
+      tools.push(button("Show the post again", () => post.change(d => {
+        d.status = "published";
+      })));
+    }
+    managerTools.replaceChildren(...tools);
   };
   screen.follow(post, draw);
   screen.view.replaceChildren(
@@ -145,9 +159,9 @@ export function startPost(screen: Screen): void {
 
 export async function editPost(screen: Screen, id: string): Promise<void> {
   const { community } = screen;
-  const post = await openOrExplain<PostDoc>(screen, id, "draft");
+  const post = await openOrExplain<PostDoc>(screen, id, "draft", "post");
   if (!post) return;
-  if (post.doc()?.status !== "draft") {
+  if (textOf(post.doc()?.status) !== "draft") {
     screen.go(`#/post/${id}`, true);
     return;
   }

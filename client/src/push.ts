@@ -22,6 +22,12 @@ function base64UrlToBytes(text: string): Uint8Array<ArrayBuffer> {
   return Uint8Array.from(raw, char => char.charCodeAt(0));
 }
 
+function sameKey(held: ArrayBuffer | null, wanted: Uint8Array): boolean {
+  if (!held) return false;
+  const bytes = new Uint8Array(held);
+  return bytes.length === wanted.length && bytes.every((byte, i) => byte === wanted[i]);
+}
+
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms / 1000} s; try again later`)), ms);
@@ -49,11 +55,17 @@ export async function enableNotifications(): Promise<void> {
   if (permission !== "granted") throw new Error("Notifications are blocked for this site; allow them in the browser's settings.");
   const registration = await withTimeout(navigator.serviceWorker.ready, SUBSCRIBE_TIMEOUT_MS, "The app's service worker");
   const { public_key } = await api<{ public_key: string }>("GET", "/api/push/public-key");
-  const existing = await registration.pushManager.getSubscription();
+  const key = base64UrlToBytes(public_key);
+  let existing = await registration.pushManager.getSubscription();
+  if (existing && !sameKey(existing.options.applicationServerKey, key)) {
+    // Made for another server key (the server's was replaced): start again.
+    await existing.unsubscribe().catch(() => undefined);
+    existing = null;
+  }
   const subscription =
     existing ??
     (await withTimeout(
-      registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: base64UrlToBytes(public_key) }),
+      registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key }),
       SUBSCRIBE_TIMEOUT_MS,
       "The browser's push service",
     ));

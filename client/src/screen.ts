@@ -4,7 +4,7 @@
 import type { DocHandle } from "@automerge/automerge-repo";
 
 import type { Community } from "./store";
-import { h, notice } from "./ui";
+import { h, notice, textOf } from "./ui";
 
 export interface Screen {
   community: Community;
@@ -18,10 +18,11 @@ export interface Screen {
 }
 
 /** Opens a document for a screen, or explains why it cannot be shown. */
-export async function openOrExplain<T>(screen: Screen, id: string, what: string): Promise<DocHandle<T> | null> {
+export async function openOrExplain<T>(screen: Screen, id: string, what: string, type: string): Promise<DocHandle<T> | null> {
   try {
     const handle = await screen.community.open<T>(id);
-    if (handle.doc()) return handle;
+    const doc = handle.doc() as { type?: unknown } | undefined;
+    if (doc && textOf(doc.type) === type) return handle;
   } catch {
     // unavailable: not on this device and the server has none we may read
   }

@@ -1,9 +1,10 @@
 // Settings: notifications on this device, muted threads, the account.
 
-import { api, signOut } from "./api";
+import { api, ApiError, signOut } from "./api";
+import { team } from "./backchannel";
 import { disableNotifications, enableNotifications, notificationsWanted, pushSupported } from "./push";
 import type { Screen } from "./screen";
-import { button, h, notice } from "./ui";
+import { button, h, labelled, notice } from "./ui";
 
 /** The server keeps mutes but does not list them; this device remembers their titles. */
 function mutesKey(screen: Screen): string {
@@ -83,8 +84,10 @@ export function settings(screen: Screen): void {
     );
   };
   drawMutes();
+  const card = contactCard(screen);
   screen.view.replaceChildren(
     h("h2", {}, "Settings"),
+    ...(card ? [card] : []),
     h("section", { className: "card" }, h("h3", {}, "Notifications"), status, h("div", { className: "actions" }, toggle)),
     h("section", { className: "card" }, h("h3", {}, "Muted threads"), muted),
     h(
@@ -96,4 +99,33 @@ export function settings(screen: Screen): void {
       h("div", { className: "actions" }, button("Sign out", () => signOut(), { className: "secondary" })),
     ),
   );
+}
+
+/** Managers and hosts: how and when members can reach them ("Contact the team" shows it). */
+function contactCard(screen: Screen): HTMLElement | null {
+  const { user } = screen.community;
+  if (user.role !== "manager" && user.role !== "host") return null;
+  const text = h("textarea", { name: "contact_card", rows: 4, maxLength: 2000 });
+  const result = h("p", { role: "status", className: "note" });
+  void team().then(members => {
+    const mine = members.find(member => member.id === user.id);
+    if (mine?.contact_card && !text.value) text.value = mine.contact_card;
+  });
+  const save = h("button", { type: "submit" }, "Save my contact card");
+  const form = h("form", { className: "card" }, h("h3", {}, "My contact card"), labelled("How and when members can reach you", text), h("div", { className: "actions" }, save), result);
+  form.addEventListener("submit", event => {
+    event.preventDefault();
+    save.disabled = true;
+    api("PUT", "/api/me/contact-card", { text: text.value })
+      .then(() => {
+        result.textContent = "Saved: members see it under “Contact the team”.";
+      })
+      .catch((error: unknown) => {
+        result.textContent = error instanceof ApiError ? error.message : "Saving needs a connection to the server.";
+      })
+      .finally(() => {
+        save.disabled = false;
+      });
+  });
+  return form;
 }

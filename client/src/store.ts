@@ -95,7 +95,8 @@ export class Community implements TypingJournal {
     this.repo.networkSubsystem.on("peer-disconnected", () => {
       this.#serverPeer = null;
       this.#scheduleStatus();
-      this.#reconnectIfStale();
+      // Not from inside the event: retiring an adapter emits it too.
+      setTimeout(() => this.#reconnectIfStale(), 0);
     });
     addEventListener("online", this.#onOnline);
     addEventListener("offline", this.#onOffline);
@@ -106,7 +107,8 @@ export class Community implements TypingJournal {
   }
 
   #onOnline = (): void => {
-    this.#replaceAdapter();
+    // Reconnect now rather than at the stock adapter's next retry.
+    if (!this.#serverPeer || currentToken() !== this.#adapterToken) this.#replaceAdapter();
     this.#scheduleStatus();
   };
 
@@ -125,13 +127,22 @@ export class Community implements TypingJournal {
     if (!this.#closed) this.#replaceAdapter();
   }
 
+  #replacing = false;
+
   #replaceAdapter(): void {
     const token = currentToken();
-    if (this.#closed || !token) return;
-    if (this.#adapter) this.#retire(this.#adapter);
-    this.#adapter = new BrowserWebSocketClientAdapter(syncUrl(token), 3000);
-    this.#adapterToken = token;
-    this.repo.networkSubsystem.addNetworkAdapter(this.#adapter);
+    if (this.#closed || !token || this.#replacing) return;
+    this.#replacing = true;
+    try {
+      const old = this.#adapter;
+      this.#adapter = null;
+      this.#adapterToken = token;
+      if (old) this.#retire(old);
+      this.#adapter = new BrowserWebSocketClientAdapter(syncUrl(token), 3000);
+      this.repo.networkSubsystem.addNetworkAdapter(this.#adapter);
+    } finally {
+      this.#replacing = false;
+    }
   }
 
   /**
@@ -189,10 +200,31 @@ export class Community implements TypingJournal {
 
   /** Opens a document from this device, or from the server when it is not here yet. */
   async open<T>(id: DocId): Promise<DocHandle<T>> {
-    const handle = await this.repo.find<T>(urlOf(id));
+    const url = urlOf(id);
+    // The stock client marks a document it has nowhere to ask for as
+    // unavailable for good; one that is not on this device waits (briefly)
+    // for the server connection first.
+    if (!this.repo.handles[url.slice("automerge:".length) as never] && !this.#serverPeer && navigator.onLine) {
+      const local = await this.repo.storageSubsystem?.loadDocData(url.slice("automerge:".length) as never).catch(() => null);
+      if (!local) await this.#whenConnected(15_000);
+    }
+    const handle = await this.repo.find<T>(url);
     this.#watch(handle as DocHandle<unknown>);
     this.#scheduleStatus();
     return handle;
+  }
+
+  #whenConnected(timeoutMs: number): Promise<void> {
+    if (this.#serverPeer) return Promise.resolve();
+    return new Promise(resolve => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.repo.networkSubsystem.off("peer", done);
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.repo.networkSubsystem.on("peer", done);
+    });
   }
 
   create<T>(initial: T): DocHandle<T> {
@@ -231,6 +263,15 @@ export class Community implements TypingJournal {
     this.touched(documentId);
     clearTimeout(this.#journalTimer);
     this.#journalTimer = setTimeout(() => void this.#trimJournal(), 500);
+  }
+
+  /** Drops what the journal holds under `path` (text that was just sent). */
+  forget(documentId: DocId, path: (string | number)[]): void {
+    const journal = this.#journal();
+    for (const [key, entry] of Object.entries(journal)) {
+      if (entry.documentId === documentId && path.every((step, i) => entry.path[i] === step)) delete journal[key];
+    }
+    localStorage.setItem(this.#journalKey(), JSON.stringify(journal));
   }
 
   #journalTimer: ReturnType<typeof setTimeout> | undefined;

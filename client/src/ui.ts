@@ -31,8 +31,13 @@ export function labelled(text: string, control: HTMLElement, hint?: string): HTM
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 
+export function timeText(ms: number): string {
+  return Number.isFinite(ms) ? timeFormat.format(ms) : "";
+}
+
 export function when(ms: number): HTMLTimeElement {
-  return h("time", { dateTime: new Date(ms).toISOString() }, timeFormat.format(ms));
+  const at = Number(ms);
+  return h("time", { dateTime: Number.isFinite(at) ? new Date(at).toISOString() : "" }, timeText(at));
 }
 
 /** Shows a short message that screen readers announce. */
@@ -96,6 +101,14 @@ export function bindText<T>(journal: TypingJournal, handle: DocHandle<T>, path: 
   return () => handle.off("change", show);
 }
 
+/**
+ * A field as a string: Text reads as a string in JS, but a plain string
+ * written by another client reads as an ImmutableString object (SPEC §4: treat
+ * both alike).
+ */
 export function textOf(value: unknown): string {
-  return typeof value === "string" ? value : value === undefined || value === null ? "" : String(value);
+  if (typeof value === "string") return value;
+  if (value === undefined || value === null) return "";
+  const immutable = (value as { val?: unknown }).val;
+  return typeof immutable === "string" ? immutable : String(value);
 }

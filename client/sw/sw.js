@@ -87,6 +87,7 @@ self.addEventListener("notificationclick", event => {
       return open
         .navigate(target)
         .then(navigated => (navigated ?? open).focus())
+        .catch(() => self.clients.openWindow(target))
         .catch(() => undefined);
     }),
   );

@@ -86,7 +86,7 @@ describe("the installable shell", () => {
       data: JSON.stringify(payload),
     })
     let shown = []
-    for (let tries = 0; tries < 100 && shown.length === 0; tries += 1) {
+    for (let tries = 0; tries < 300 && shown.length === 0; tries += 1) {
       shown = await page.evaluate(async () => {
         const notifications = await (await navigator.serviceWorker.ready).getNotifications()
         return notifications.map(n => ({ title: n.title, body: n.body, tag: n.tag, url: n.data?.url }))

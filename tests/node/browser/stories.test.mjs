@@ -405,7 +405,7 @@ describe("notifications", () => {
       const [worker] = ada.context.serviceWorkers()
       assert.ok(worker, "the app's service worker runs")
       let shown = []
-      for (let tries = 0; tries < 100 && shown.length === 0; tries += 1) {
+      for (let tries = 0; tries < 300 && shown.length === 0; tries += 1) {
         shown = await worker.evaluate(async () => (await self.registration.getNotifications()).map(n => ({ title: n.title, tag: n.tag })))
         if (shown.length === 0) await new Promise(resolve => setTimeout(resolve, 50))
       }
