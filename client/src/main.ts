@@ -14,8 +14,8 @@ import { editPost, feed, startPost, thread } from "./public";
 import { refreshSubscription } from "./push";
 import type { Screen } from "./screen";
 import { settings } from "./settings";
-import { Community, type StartDocs, type SyncStatus } from "./store";
-import { h } from "./ui";
+import { Community, type Refusal, type StartDocs, type SyncStatus } from "./store";
+import { button, h } from "./ui";
 
 const root = document.getElementById("app") as HTMLElement;
 const statusLine = document.getElementById("sync-status") as HTMLElement;
@@ -212,6 +212,7 @@ async function start(user: User | null, event: SessionEvent | "opened"): Promise
   leaving = [];
   const previous = community;
   community = null;
+  document.querySelector(".refusal")?.remove();
   if (previous) await previous.close();
   if (!user) {
     showStatus(null);
@@ -224,11 +225,19 @@ async function start(user: User | null, event: SessionEvent | "opened"): Promise
   // own examples do.
   (window as unknown as { repo: unknown }).repo = next.repo;
   next.onStatus(showStatus);
+  next.onRefusal(refusal => {
+    // The page starts again without the refused change (the stock client
+    // keeps per-document state in memory that a dropped copy would confuse),
+    // then says what happened.
+    sessionStorage.setItem("backchannel.refusal", JSON.stringify(refusal));
+    location.reload();
+  });
   root.replaceChildren(h("p", { className: "note" }, "Opening…"));
   await next.start(await startDocs(user));
   if (community !== next) return;
   drawTabs(user);
   await route();
+  showRefusal();
   void refreshSubscription().catch(() => undefined);
 }
 
@@ -240,8 +249,29 @@ addEventListener("hashchange", () => {
 onSessionChange((user, event) => void start(user, event).catch(failed));
 void start(currentUser(), "opened").catch(failed);
 
+/** Tells what the server refused, once, after the restart that dropped it. */
+function showRefusal(): void {
+  const kept = sessionStorage.getItem("backchannel.refusal");
+  if (!kept) return;
+  sessionStorage.removeItem("backchannel.refusal");
+  const refusal = JSON.parse(kept) as Refusal;
+  const banner = h(
+    "div",
+    { role: "alert", className: "card refusal" },
+    h("p", {}, `The server refused a change to “${refusal.title}”: ${refusal.rule}. This device now shows what the server has.`),
+    button("Dismiss", () => banner.remove()),
+  );
+  root.before(banner);
+}
+
 function failed(error: unknown): void {
-  root.replaceChildren(h("p", { role: "alert", className: "error" }, error instanceof Error ? error.message : "Something went wrong"));
+  const again = h("button", { type: "button" }, "Try again");
+  again.addEventListener("click", () => location.reload());
+  root.replaceChildren(
+    h("p", { role: "alert", className: "error" }, error instanceof Error ? error.message : "Something went wrong"),
+    h("p", { className: "note" }, navigator.onLine ? "The server may be unreachable for now." : "This device is offline, and this screen needs the server once."),
+    h("div", { className: "actions" }, again),
+  );
 }
 
 // The service worker keeps the app shell, so the app opens with no network.

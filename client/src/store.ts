@@ -3,7 +3,7 @@
 // (offline, syncing, or everything stored on the server, with the number of
 // changes still waiting on this device).
 
-import { Repo, decodeHeads, type AutomergeUrl, type DocHandle, type PeerId, type UrlHeads } from "@automerge/automerge-repo";
+import { Repo, cbor, decodeHeads, type AutomergeUrl, type DocHandle, type PeerId, type UrlHeads } from "@automerge/automerge-repo";
 import { BrowserWebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket";
 import { IndexedDBStorageAdapter } from "@automerge/automerge-repo-storage-indexeddb";
 import { getAllChanges, getChanges, hasHeads, view } from "@automerge/automerge/slim";
@@ -32,6 +32,43 @@ export interface SyncStatus {
   waiting: number;
 }
 
+/** What the server said when it refused a change (SPEC §3, docs/RULES.md). */
+export interface Refusal {
+  documentId: DocId;
+  rule: string;
+  /** What the document was called, for telling the person. */
+  title: string;
+}
+
+const REFUSAL = /^refused change to (\w+): ([\s\S]*)$/;
+
+/**
+ * The stock adapter only logs the server's `error` message; this one also
+ * reports it, so a refused change can be dropped instead of being offered
+ * again on every reconnect.
+ */
+class SyncAdapter extends BrowserWebSocketClientAdapter {
+  constructor(
+    url: string,
+    private readonly reportError: (text: string) => void,
+  ) {
+    super(url, 3000);
+  }
+
+  override receiveMessage(bytes: Uint8Array): void {
+    // Errors are short; sync messages can be megabytes and are left alone.
+    if (bytes.byteLength < 4096) {
+      try {
+        const message = cbor.decode(new Uint8Array(bytes)) as { type?: unknown; message?: unknown };
+        if (message.type === "error" && typeof message.message === "string") this.reportError(message.message);
+      } catch {
+        // Not CBOR: the stock code logs it.
+      }
+    }
+    super.receiveMessage(bytes);
+  }
+}
+
 function syncUrl(token: string): string {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${location.host}/sync?token=${encodeURIComponent(token)}`;
@@ -58,7 +95,7 @@ export class Community implements TypingJournal {
   inbox!: DocHandle<InboxDoc>;
   drafts!: DocHandle<DraftsDoc>;
 
-  #adapter: BrowserWebSocketClientAdapter | null = null;
+  #adapter: SyncAdapter | null = null;
   #adapterToken: string | null = null;
   #serverPeer: PeerId | null = null;
   #storageId: string | null;
@@ -138,7 +175,7 @@ export class Community implements TypingJournal {
       this.#adapter = null;
       this.#adapterToken = token;
       if (old) this.#retire(old);
-      this.#adapter = new BrowserWebSocketClientAdapter(syncUrl(token), 3000);
+      this.#adapter = new SyncAdapter(syncUrl(token), text => void this.#refused(text));
       this.repo.networkSubsystem.addNetworkAdapter(this.#adapter);
     } finally {
       this.#replacing = false;
@@ -263,6 +300,50 @@ export class Community implements TypingJournal {
     this.touched(documentId);
     clearTimeout(this.#journalTimer);
     this.#journalTimer = setTimeout(() => void this.#trimJournal(), 500);
+  }
+
+  #refusalListeners = new Set<(refusal: Refusal) => void>();
+
+  onRefusal(listener: (refusal: Refusal) => void): void {
+    this.#refusalListeners.add(listener);
+  }
+
+  /**
+   * The server refused a change to a document and closed the connection.
+   * The stock client would offer the same change again on every reconnect,
+   * so this device's copy (the refused change with it) is dropped and the
+   * server's copy fetched again.
+   */
+  async #refused(text: string): Promise<void> {
+    const match = REFUSAL.exec(text);
+    if (!match || this.#closed) return;
+    const [, documentId = "", rule = ""] = match;
+    // The server closes this connection next: documents looked up from now
+    // on wait for the next one.
+    this.#serverPeer = null;
+    const handle = this.repo.handles[documentId as never] as DocHandle<{ title?: unknown; subject?: unknown }> | undefined;
+    const doc = handle?.isReady() ? handle.doc() : undefined;
+    const title = String(doc?.title ?? doc?.subject ?? "") || "a document";
+    this.forget(documentId, []);
+    localStorage.setItem(`${this.#ackedKey}.pending`, JSON.stringify(this.#pendingAtStart().filter(id => id !== documentId)));
+    delete this.#acked[documentId];
+    if (handle) this.repo.delete(documentId as never);
+    // Removed twice: a throttled save of the sync state (which names the
+    // refused change) may still land just after the first removal.
+    await this.repo.storageSubsystem?.removeDoc(documentId as never).catch(() => undefined);
+    await new Promise(resolve => setTimeout(resolve, 200));
+    await this.repo.storageSubsystem?.removeDoc(documentId as never).catch(() => undefined);
+    // A refused creation leaves nothing on the server to list.
+    if (this.drafts?.doc()?.mine?.[documentId]) {
+      const exists = await this.open(documentId).then(() => true, () => false);
+      if (!exists) {
+        this.drafts.change(d => {
+          delete d.mine[documentId];
+        });
+      }
+    }
+    for (const listener of this.#refusalListeners) listener({ documentId, rule, title });
+    this.#scheduleStatus();
   }
 
   /** Drops what the journal holds under `path` (text that was just sent). */

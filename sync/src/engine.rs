@@ -743,9 +743,11 @@ impl<P: Policy> Engine<P> {
             }
             Err(refusal) => {
                 existing.peers.remove(&connection.id);
+                // The document's id lets a client drop its copy of the
+                // refused change instead of offering it on every reconnect.
                 effects.push(Effect::Close {
                     connection: connection.id,
-                    reason: refusal.rule,
+                    reason: format!("refused change to {document_id}: {}", refusal.rule),
                 });
                 if creating {
                     loaded.existing = None;

@@ -506,8 +506,11 @@ fn a_refused_change_is_neither_stored_nor_relayed_and_closes_only_that_connectio
     world.edit(ada, doc_id(1), "forbidden", 1);
     world.sync(ada, doc_id(1));
     assert_eq!(
-        world.clients[ada].closed.as_deref(),
-        Some("no one may write `forbidden`")
+        world.clients[ada].closed.clone(),
+        Some(format!(
+            "refused change to {}: no one may write `forbidden`",
+            doc_id(1)
+        ))
     );
     assert_eq!(world.stored_keys(doc_id(1)), stored_before);
     assert_eq!(world.value(laptop, doc_id(1), "forbidden"), None);

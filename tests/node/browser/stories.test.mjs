@@ -386,6 +386,39 @@ describe("sessions", () => {
   })
 })
 
+describe("refusals", () => {
+  test("a change the server refuses is dropped from the device, named, and the server's copy shown", async () => {
+    const ada = await phone()
+    const bob = await phone()
+    try {
+      await signUp(ada.page, "Kim")
+      const post = await publish(ada.page, "Whose words", "Replies stay their authors'")
+      await signUp(bob.page, "Lev")
+      await bob.page.goto(`${community.server.httpUrl}/#/post/${post}`)
+      await reply(bob.page, "My own words.")
+      await replies(ada.page).getByText("My own words.").waitFor({ timeout: 15_000 })
+      await stored(ada.page)
+
+      // A buggy or hand-made client rewrites another person's reply.
+      await ada.page.evaluate(id => {
+        window.repo.handles[id].change(doc => {
+          doc.replies[0].body = "Words put in Lev's mouth."
+        })
+      }, post)
+      await ada.page.getByRole("alert").filter({ hasText: "The server refused a change to “Whose words”" }).waitFor({ timeout: 15_000 })
+      await replies(ada.page).getByText("My own words.").waitFor({ timeout: 15_000 })
+      await stored(ada.page)
+      assert.equal(await replies(bob.page).getByText("Words put in Lev's mouth.").count(), 0)
+      // The connection is back and still syncs: a new reply arrives.
+      await reply(bob.page, "Still here.")
+      await replies(ada.page).getByText("Still here.").waitFor({ timeout: 15_000 })
+    } finally {
+      await ada.context.close()
+      await bob.context.close()
+    }
+  })
+})
+
 describe("notifications", () => {
   test("clicking a push notification opens its thread", async () => {
     const ada = await phone()
