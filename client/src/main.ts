@@ -82,15 +82,16 @@ function renderSignIn(message = ""): void {
 }
 
 function drawTabs(user: User): void {
-  const tabs: [string, string][] = [
+  // Five tabs fit a 360 px screen. Managers see every conversation in the
+  // team inbox, their own included, so it takes the place of "My conversations".
+  const tabs: [string, string, string?][] = [
     ["#/", "Community"],
     ["#/new-post", "New post"],
-    ["#/contact", "Contact the team"],
-    ["#/conversations", "My conversations"],
-    ...(user.role === "manager" ? ([["#/inbox", "Team inbox"]] as [string, string][]) : []),
+    ["#/contact", "Contact", "Contact the team"],
+    user.role === "manager" ? ["#/inbox", "Inbox", "Team inbox"] : ["#/conversations", "Conversations", "My conversations"],
     ["#/settings", "Settings"],
   ];
-  nav.replaceChildren(h("ul", {}, ...tabs.map(([href, label]) => h("li", {}, h("a", { href }, label)))));
+  nav.replaceChildren(h("ul", {}, ...tabs.map(([href, label, name]) => h("li", {}, h("a", { href, ariaLabel: name }, label)))));
   nav.hidden = false;
 }
 

@@ -139,28 +139,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..PushSettings::default()
         },
     };
-    actix_web::rt::System::new().block_on(backchannel::run(
-        settings,
-        listener,
-        shutdown_signal(),
-    ))?;
+    actix_web::rt::System::new().block_on(async move {
+        // Inside the runtime, before anything starts.
+        let shutdown = shutdown_signal();
+        backchannel::run(settings, listener, shutdown).await
+    })?;
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Listens for SIGINT and SIGTERM from the moment it is called, not from
+/// its first poll: a signal that arrives while the server starts must still
+/// stop it gracefully rather than kill it. Completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(stream) => stream,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM; stop with SIGINT");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+                _ = interrupt.recv() => tracing::info!("SIGINT received"),
+                _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            },
+            (Ok(mut interrupt), Err(error)) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; stop with SIGINT");
+                interrupt.recv().await;
+            }
+            (Err(error), Ok(mut terminate)) => {
+                tracing::error!(%error, "cannot listen for SIGINT; stop with SIGTERM");
+                terminate.recv().await;
+            }
+            (Err(error), Err(_)) => {
+                tracing::error!(%error, "cannot listen for signals; stop the process with SIGKILL");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
     }
 }
 

@@ -147,8 +147,9 @@ test("SIGTERM with clients connected exits 0 promptly, and the clients resync af
 
   const started = Date.now()
   const exit = await server.stop({ graceMs: 9_000 })
-  assert.equal(exit.escalated, false, "the server stopped by itself")
-  assert.equal(exit.code, 0)
+  const log = () => `exit ${JSON.stringify(exit)}; server log:\n${server.stderrText().split("\n").slice(-30).join("\n")}`
+  assert.equal(exit.escalated, false, `the server stopped by itself: ${log()}`)
+  assert.equal(exit.code, 0, log())
   assert.ok(Date.now() - started < 5_000, `stopped in ${Date.now() - started} ms`)
   await shutdownAfterServerLoss([repo])
 
