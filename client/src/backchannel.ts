@@ -171,10 +171,7 @@ export async function conversation(screen: Screen, id: string): Promise<void> {
       doc.messages.push({ id: itemId(), author: me, created_at: Date.now(), body: text });
     });
     community.touched(handle.documentId);
-    community.drafts.change(doc => {
-      delete doc.items[draftKey];
-    });
-    community.forget(community.drafts.documentId, ["items", draftKey]);
+    community.draftSent(draftKey);
     box.value = "";
   });
   const consentBox = h("fieldset", { className: "card" });

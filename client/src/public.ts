@@ -80,10 +80,7 @@ export async function thread(screen: Screen, id: string): Promise<void> {
       doc.replies.push({ id: itemId(), author: me, created_at: Date.now(), body: text });
     });
     community.touched(post.documentId);
-    community.drafts.change(doc => {
-      delete doc.items[draftKey];
-    });
-    community.forget(community.drafts.documentId, ["items", draftKey]);
+    community.draftSent(draftKey);
     box.value = "";
   });
   const draw = (): void => {

@@ -346,6 +346,14 @@ export class Community implements TypingJournal {
     this.#scheduleStatus();
   }
 
+  /** The text of drafts item `key` was sent: the item and its journal go. */
+  draftSent(key: string): void {
+    this.drafts.change(doc => {
+      delete doc.items[key];
+    });
+    this.forget(this.drafts.documentId, ["items", key]);
+  }
+
   /** Drops what the journal holds under `path` (text that was just sent). */
   forget(documentId: DocId, path: (string | number)[]): void {
     const journal = this.#journal();
