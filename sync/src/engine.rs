@@ -26,6 +26,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transaction;
 use automerge::{ActorId, Automerge, AutomergeError, Change, ChangeHash, ReadDoc};
 
+use crate::frame::{Frame, SharedEphemeral};
 use crate::ids::{DocumentId, PeerId, StorageId};
 use crate::messages::{DocMessage, DocUnavailable, Ephemeral, Message};
 use crate::storage::{self, StorageWrite, StoredDocument};
@@ -204,6 +205,12 @@ pub enum Effect<S> {
         connection: ConnectionId,
         message: Message,
     },
+    /// Send an already encoded frame (an ephemeral whose bytes are shared
+    /// between the readers it is relayed to).
+    SendFrame {
+        connection: ConnectionId,
+        frame: Frame,
+    },
     /// Send an `error` naming `reason`, then close the connection.
     Close {
         connection: ConnectionId,
@@ -246,6 +253,28 @@ pub struct EngineConfig {
     pub evict_after_ms: u64,
     /// Ask for compaction once a document has this many change chunks.
     pub compact_after_chunks: usize,
+    /// Largest `data` of an ephemeral message; a larger one closes its sender.
+    pub ephemeral_max_bytes: usize,
+    /// Longest `sessionId` of an ephemeral message.
+    pub ephemeral_session_id_max_bytes: usize,
+    /// Ephemeral messages a connection may send per second, sustained, and
+    /// at once; beyond them it is closed.
+    pub ephemeral_per_second: u32,
+    pub ephemeral_burst: u32,
+    /// Ephemeral sources (sender and session) remembered per document for
+    /// repeat detection; the oldest is forgotten first.
+    pub ephemeral_sources_per_document: usize,
+    /// Documents one connection may have open in this engine.
+    pub max_documents_per_connection: usize,
+    /// Bytes of messages from one connection waiting in document queues
+    /// (while a write is in flight or a document loads).
+    pub max_queued_bytes_per_connection: usize,
+    /// Bytes of changes held, waiting for their dependencies, from one
+    /// connection, and in one document from all connections.
+    pub max_held_bytes_per_connection: usize,
+    pub max_held_bytes_per_document: usize,
+    /// Device sync states kept per document; the oldest is dropped first.
+    pub max_sync_states_per_document: usize,
 }
 
 impl EngineConfig {
@@ -255,6 +284,16 @@ impl EngineConfig {
             server_actor,
             evict_after_ms: 60_000,
             compact_after_chunks: 64,
+            ephemeral_max_bytes: 16 * 1024,
+            ephemeral_session_id_max_bytes: 64,
+            ephemeral_per_second: 20,
+            ephemeral_burst: 60,
+            ephemeral_sources_per_document: 256,
+            max_documents_per_connection: 2_000,
+            max_queued_bytes_per_connection: 24 * 1024 * 1024,
+            max_held_bytes_per_connection: 8 * 1024 * 1024,
+            max_held_bytes_per_document: 16 * 1024 * 1024,
+            max_sync_states_per_document: 512,
         }
     }
 }
@@ -276,27 +315,29 @@ struct Existing<U> {
     meta_stored: bool,
     chunks_since_compaction: usize,
     peers: HashMap<ConnectionId, Peer<U>>,
-    stored_sync_states: HashMap<StorageId, sync::State>,
-    last_ephemeral: HashMap<(PeerId, String), u64>,
-    orphans: Orphans,
+    /// Devices' sync states by (user id, storage id): when saved, and the state.
+    stored_sync_states: HashMap<(String, StorageId), (u64, sync::State)>,
+    /// The last `count` relayed per (sender, session), and when it came (for
+    /// forgetting the oldest source first).
+    last_ephemeral: HashMap<(PeerId, String), (u64, u64)>,
+    /// Changes that arrived before their dependencies, per connection. They
+    /// stay out of the document (automerge would queue them inside it, and
+    /// only a rebuild could take them out again) until their dependencies are
+    /// in it, and are then judged as the connection's user.
+    held: HashMap<ConnectionId, Held>,
+    held_bytes: usize,
 }
 
-/// Changes automerge holds back until their dependencies arrive (a peer's
-/// changes can come out of order, and the sync protocol relies on the
-/// receiver keeping them). They belong to the one connection that sent them.
 #[derive(Default)]
-struct Orphans {
-    sender: Option<ConnectionId>,
+struct Held {
+    changes: HashMap<ChangeHash, Change>,
     bytes: usize,
 }
-
-/// At most this much may wait for missing dependencies in one document.
-const MAX_ORPHAN_BYTES: usize = 16 * 1024 * 1024;
 
 struct Loaded<U> {
     existing: Option<Existing<U>>,
     /// Connections that asked for the document before it existed.
-    waiting: HashMap<ConnectionId, Arc<Connection<U>>>,
+    waiting: Waiting<U>,
     write_in_flight: Option<WriteId>,
     /// Writes of changes applied in this round, issued as one write when the
     /// queue is empty: a document pays one flush per round, not per message.
@@ -330,15 +371,39 @@ struct DocumentSlot<U> {
     last_active_ms: u64,
 }
 
+/// Connections waiting for a document, by id.
+type Waiting<U> = HashMap<ConnectionId, Arc<Connection<U>>>;
+
+/// What the engine keeps about one live connection.
+#[derive(Default)]
+struct ConnectionState {
+    /// Documents it touched, for disconnects (and the per-connection cap).
+    documents: HashSet<DocumentId>,
+    /// Bytes of its messages waiting in document queues.
+    queued_bytes: usize,
+    /// Bytes of its changes held for missing dependencies.
+    held_bytes: usize,
+    /// The ephemeral token bucket.
+    ephemeral_tokens: f64,
+    ephemeral_refilled_ms: u64,
+    /// Told to close: its further messages are ignored.
+    closing: bool,
+}
+
 /// One shard of documents and the peers syncing them.
 pub struct Engine<P: Policy> {
     config: EngineConfig,
     policy: P,
     documents: HashMap<DocumentId, DocumentSlot<P::User>>,
-    /// Which documents each live connection touched, for disconnects.
-    connections: HashMap<ConnectionId, HashSet<DocumentId>>,
+    /// Each live connection's documents, budgets and limits.
+    connections: HashMap<ConnectionId, ConnectionState>,
+    /// Connections waiting for documents nobody has created, kept outside
+    /// the document slots so those slots can be evicted.
+    waiters: HashMap<DocumentId, Waiting<P::User>>,
     writes: HashMap<WriteId, DocumentId>,
     next_write: u64,
+    /// How often a document in memory had to be rebuilt from its history.
+    rebuilds: u64,
 }
 
 impl<P: Policy> Engine<P> {
@@ -348,8 +413,10 @@ impl<P: Policy> Engine<P> {
             policy,
             documents: HashMap::new(),
             connections: HashMap::new(),
+            waiters: HashMap::new(),
             writes: HashMap::new(),
             next_write: 0,
+            rebuilds: 0,
         }
     }
 
@@ -362,6 +429,12 @@ impl<P: Policy> Engine<P> {
         self.documents.len()
     }
 
+    /// How many times a document in memory was rebuilt from its history
+    /// (`fork_at`) to undo refused changes: the expensive path.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds
+    }
+
     pub fn handle(&mut self, input: Input<P::User>, now_ms: u64) -> Vec<Effect<P::Summary>> {
         let mut effects = Vec::new();
         match input {
@@ -369,7 +442,9 @@ impl<P: Policy> Engine<P> {
                 connection,
                 message,
             } => self.on_message(connection, message, now_ms, &mut effects),
-            Input::Disconnected { connection } => self.on_disconnect(connection, &mut effects),
+            Input::Disconnected { connection } => {
+                self.on_disconnect(connection, now_ms, &mut effects)
+            }
             Input::Loaded {
                 document_id,
                 result,
@@ -397,10 +472,59 @@ impl<P: Policy> Engine<P> {
         effects: &mut Vec<Effect<P::Summary>>,
     ) {
         let document_id = *message.document_id();
-        self.connections
+        let config = &self.config;
+        let state = self
+            .connections
             .entry(connection.id)
-            .or_default()
-            .insert(document_id);
+            .or_insert_with(|| ConnectionState {
+                ephemeral_tokens: f64::from(config.ephemeral_burst),
+                ephemeral_refilled_ms: now_ms,
+                ..ConnectionState::default()
+            });
+        if state.closing {
+            return;
+        }
+        let refusal = match &message {
+            // The stock client passes every ephemeral it receives on to its
+            // other peers, us included, under the original sender's id. Such
+            // a copy was relayed already (or is not that sender's at all): it
+            // is dropped, never relayed as new.
+            DocumentMessage::Ephemeral(ephemeral) if ephemeral.sender_id != connection.peer_id => {
+                return;
+            }
+            DocumentMessage::Ephemeral(ephemeral) => {
+                admit_ephemeral(config, state, ephemeral, now_ms)
+            }
+            _ => Ok(()),
+        };
+        let size = message_size(&message);
+        let refusal = refusal.and_then(|()| {
+            if !state.documents.contains(&document_id)
+                && state.documents.len() >= config.max_documents_per_connection
+            {
+                Err(format!(
+                    "too many documents open on one connection: the limit is {} (max_documents_per_connection)",
+                    config.max_documents_per_connection
+                ))
+            } else if state.queued_bytes + size > config.max_queued_bytes_per_connection {
+                Err(format!(
+                    "too many bytes waiting to be processed from one connection: the limit is {} (max_queued_bytes_per_connection)",
+                    config.max_queued_bytes_per_connection
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(reason) = refusal {
+            state.closing = true;
+            effects.push(Effect::Close {
+                connection: connection.id,
+                reason,
+            });
+            return;
+        }
+        state.documents.insert(document_id);
+        state.queued_bytes += size;
         self.enqueue(
             document_id,
             Queued::Message(connection, message),
@@ -431,7 +555,7 @@ impl<P: Policy> Engine<P> {
             effects.push(Effect::Load { document_id });
             return;
         }
-        self.drain_queue(document_id, effects);
+        self.drain_queue(document_id, now_ms, effects);
     }
 
     fn on_loaded(
@@ -455,10 +579,18 @@ impl<P: Policy> Engine<P> {
                 let entry = self.documents.remove(&document_id);
                 for item in entry.into_iter().flat_map(|entry| entry.queue) {
                     match item {
-                        Queued::Message(connection, _) => effects.push(Effect::Close {
-                            connection: connection.id,
-                            reason: format!("document {document_id} could not be loaded: {reason}"),
-                        }),
+                        Queued::Message(connection, message) => {
+                            if let Some(state) = self.connections.get_mut(&connection.id) {
+                                state.queued_bytes =
+                                    state.queued_bytes.saturating_sub(message_size(&message));
+                            }
+                            effects.push(Effect::Close {
+                                connection: connection.id,
+                                reason: format!(
+                                    "document {document_id} could not be loaded: {reason}"
+                                ),
+                            })
+                        }
                         Queued::Edit(LocalEdit {
                             ticket: Some(ticket),
                             ..
@@ -473,8 +605,35 @@ impl<P: Policy> Engine<P> {
                 }
             }
             Ok(stored) => {
+                let max_states = self.config.max_sync_states_per_document;
+                let mut cleanup = Vec::new();
                 let existing = stored.map(|stored| {
                     let stored = *stored;
+                    // Oldest first: beyond the cap, the oldest states go.
+                    let excess = stored.sync_states.len().saturating_sub(max_states);
+                    let mut sync_states = HashMap::new();
+                    for (index, kept) in stored.sync_states.into_iter().enumerate() {
+                        if index < excess {
+                            cleanup.push(StorageWrite::Delete {
+                                key: storage::sync_state_key(
+                                    &document_id,
+                                    &kept.user,
+                                    &kept.storage_id,
+                                ),
+                            });
+                        } else {
+                            sync_states.insert(
+                                (kept.user, kept.storage_id),
+                                (kept.saved_at_ms, kept.state),
+                            );
+                        }
+                    }
+                    cleanup.extend(
+                        stored
+                            .stale_sync_keys
+                            .into_iter()
+                            .map(|key| StorageWrite::Delete { key }),
+                    );
                     let chunks = stored
                         .content_keys
                         .iter()
@@ -488,21 +647,36 @@ impl<P: Policy> Engine<P> {
                         meta_stored: true,
                         chunks_since_compaction: chunks,
                         peers: HashMap::new(),
-                        stored_sync_states: stored.sync_states.into_iter().collect(),
+                        stored_sync_states: sync_states,
                         last_ephemeral: HashMap::new(),
-                        orphans: Orphans::default(),
+                        held: HashMap::new(),
+                        held_bytes: 0,
                     }
                 });
+                if !cleanup.is_empty() {
+                    effects.push(Effect::Write {
+                        write: None,
+                        writes: cleanup,
+                    });
+                }
+                let live = &self.connections;
+                let waiting = self
+                    .waiters
+                    .remove(&document_id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(id, _)| live.contains_key(id))
+                    .collect();
                 entry.slot = Slot::Loaded(Box::new(Loaded {
                     existing,
-                    waiting: HashMap::new(),
+                    waiting,
                     write_in_flight: None,
                     pending_writes: Vec::new(),
                     unacknowledged: Vec::new(),
                     owed: HashSet::new(),
                 }));
                 entry.last_active_ms = now_ms;
-                self.drain_queue(document_id, effects);
+                self.drain_queue(document_id, now_ms, effects);
             }
         }
     }
@@ -510,7 +684,12 @@ impl<P: Policy> Engine<P> {
     /// Processes every queued message (unless a write is in flight), then
     /// either writes the changes they brought, as one write, or, with nothing
     /// to write, sends every peer what it is owed.
-    fn drain_queue(&mut self, document_id: DocumentId, effects: &mut Vec<Effect<P::Summary>>) {
+    fn drain_queue(
+        &mut self,
+        document_id: DocumentId,
+        now_ms: u64,
+        effects: &mut Vec<Effect<P::Summary>>,
+    ) {
         loop {
             let Some(entry) = self.documents.get_mut(&document_id) else {
                 return;
@@ -538,10 +717,14 @@ impl<P: Policy> Engine<P> {
             };
             match item {
                 Queued::Message(connection, message) => {
-                    if !self.connections.contains_key(&connection.id) {
+                    let Some(state) = self.connections.get_mut(&connection.id) else {
                         continue; // disconnected while its message waited
+                    };
+                    state.queued_bytes = state.queued_bytes.saturating_sub(message_size(&message));
+                    if state.closing {
+                        continue;
                     }
-                    self.process(document_id, connection, message, effects);
+                    self.process(document_id, connection, message, now_ms, effects);
                 }
                 Queued::Edit(edit) => self.apply_edit(document_id, edit, effects),
                 Queued::Describe => self.describe(document_id, effects),
@@ -554,6 +737,7 @@ impl<P: Policy> Engine<P> {
         document_id: DocumentId,
         connection: Arc<Connection<P::User>>,
         message: DocumentMessage,
+        now_ms: u64,
         effects: &mut Vec<Effect<P::Summary>>,
     ) {
         match message {
@@ -564,7 +748,7 @@ impl<P: Policy> Engine<P> {
                 self.receive_sync(document_id, connection, message, false, effects)
             }
             DocumentMessage::Ephemeral(message) => {
-                self.relay_ephemeral(document_id, &connection, message, effects)
+                self.relay_ephemeral(document_id, &connection, message, now_ms, effects)
             }
             // The client has no copy; nothing for us to do.
             DocumentMessage::DocUnavailable(_) => {}
@@ -672,26 +856,69 @@ impl<P: Policy> Engine<P> {
             return;
         };
 
-        let peer = existing.peers.entry(connection.id).or_insert_with(|| Peer {
-            state: connection
-                .storage_id
-                .as_ref()
-                .and_then(|storage_id| existing.stored_sync_states.get(storage_id).cloned())
-                .unwrap_or_default(),
-            connection: connection.clone(),
-            announced: Vec::new(),
-        });
+        let user_id = self.policy.user_id(&connection.user);
+        // The peer's state leaves the map while the message is applied.
+        let (mut state, announced) = match existing.peers.remove(&connection.id) {
+            Some(peer) => (peer.state, peer.announced),
+            None => (
+                connection
+                    .storage_id
+                    .as_ref()
+                    .and_then(|storage_id| {
+                        existing
+                            .stored_sync_states
+                            .get(&(user_id.to_string(), storage_id.clone()))
+                    })
+                    .map(|(_, state)| state.clone())
+                    .unwrap_or_default(),
+                Vec::new(),
+            ),
+        };
         let creating = !existing.meta_stored;
         let before = existing.doc.get_heads();
+        let mut no_budget = 0;
+        let budget = HeldBudget {
+            connection_bytes: self
+                .connections
+                .get_mut(&connection.id)
+                .map_or(&mut no_budget, |state| &mut state.held_bytes),
+            max_per_connection: self.config.max_held_bytes_per_connection,
+            max_per_document: self.config.max_held_bytes_per_document,
+        };
         let received = apply_sync_message(
-            &mut existing.doc,
-            &mut existing.orphans,
-            &mut peer.state,
+            existing,
+            &mut state,
             sync_message,
             connection.id,
+            budget,
+            &mut self.rebuilds,
+        );
+        existing.peers.insert(
+            connection.id,
+            Peer {
+                connection: connection.clone(),
+                state,
+                announced,
+            },
         );
         let after = existing.doc.get_heads();
         let verdict = match received {
+            Applied::Malformed(reason) => {
+                existing.peers.remove(&connection.id);
+                effects.push(Effect::Close {
+                    connection: connection.id,
+                    reason: format!("malformed changes for {document_id}: {reason}"),
+                });
+                return;
+            }
+            Applied::TooMuchHeld(reason) => {
+                existing.peers.remove(&connection.id);
+                effects.push(Effect::Close {
+                    connection: connection.id,
+                    reason: format!("{reason} in {document_id}"),
+                });
+                return;
+            }
             Applied::Broken => {
                 effects.push(Effect::Close {
                     connection: connection.id,
@@ -773,6 +1000,7 @@ impl<P: Policy> Engine<P> {
         else {
             return;
         };
+        self.rebuilds += 1;
         if let Err(reason) = rollback(existing, before) {
             self.forget_document(
                 document_id,
@@ -806,18 +1034,32 @@ impl<P: Policy> Engine<P> {
         };
         let before = existing.doc.get_heads();
         let mut scratch = sync::State::new();
+        let mut no_budget = 0;
+        let budget = HeldBudget {
+            connection_bytes: self
+                .connections
+                .get_mut(&connection.id)
+                .map_or(&mut no_budget, |state| &mut state.held_bytes),
+            max_per_connection: self.config.max_held_bytes_per_connection,
+            max_per_document: self.config.max_held_bytes_per_document,
+        };
         let received = apply_sync_message(
-            &mut existing.doc,
-            &mut existing.orphans,
+            existing,
             &mut scratch,
             sync_message,
             connection.id,
+            budget,
+            &mut self.rebuilds,
         );
         let refused = || Effect::Close {
             connection: connection.id,
             reason: "refused: the document is unavailable".to_string(),
         };
         let verdict = match received {
+            Applied::Malformed(_) | Applied::TooMuchHeld(_) => {
+                effects.push(refused());
+                return;
+            }
             Applied::Broken => {
                 effects.push(refused());
                 self.forget_document(
@@ -968,6 +1210,7 @@ impl<P: Policy> Engine<P> {
         document_id: DocumentId,
         connection: &Connection<P::User>,
         message: Ephemeral,
+        now_ms: u64,
         effects: &mut Vec<Effect<P::Summary>>,
     ) {
         let Some(existing) =
@@ -983,26 +1226,40 @@ impl<P: Policy> Engine<P> {
         if !self.policy.may_read(&connection.user, view) {
             return;
         }
-        // Clients re-gossip what they receive, back to us too: drop repeats.
+        // A client may send the same ephemeral twice (the stock client's
+        // copies of ours are dropped before they get here): drop repeats.
         let key = (message.sender_id.clone(), message.session_id.clone());
         if existing
             .last_ephemeral
             .get(&key)
-            .is_some_and(|&last| message.count <= last)
+            .is_some_and(|&(last, _)| message.count <= last)
         {
             return;
         }
-        existing.last_ephemeral.insert(key, message.count);
+        if !existing.last_ephemeral.contains_key(&key)
+            && existing.last_ephemeral.len() >= self.config.ephemeral_sources_per_document
+        {
+            // Forget the source heard from longest ago.
+            let oldest = existing
+                .last_ephemeral
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(key, _)| key.clone());
+            if let Some(oldest) = oldest {
+                existing.last_ephemeral.remove(&oldest);
+            }
+        }
+        existing.last_ephemeral.insert(key, (message.count, now_ms));
+        // Encoded once; each reader's frame shares the bytes.
+        let mut shared = None;
         for (id, peer) in &existing.peers {
             if *id == connection.id || !self.policy.may_read(&peer.connection.user, view) {
                 continue;
             }
-            effects.push(Effect::Send {
+            let shared = shared.get_or_insert_with(|| SharedEphemeral::new(&message));
+            effects.push(Effect::SendFrame {
                 connection: *id,
-                message: Message::Ephemeral(Ephemeral {
-                    target_id: peer.connection.peer_id.clone(),
-                    ..message.clone()
-                }),
+                frame: shared.for_target(&peer.connection.peer_id),
             });
         }
     }
@@ -1050,7 +1307,7 @@ impl<P: Policy> Engine<P> {
         }
     }
 
-    fn on_written(&mut self, write: WriteId, _now_ms: u64, effects: &mut Vec<Effect<P::Summary>>) {
+    fn on_written(&mut self, write: WriteId, now_ms: u64, effects: &mut Vec<Effect<P::Summary>>) {
         let Some(document_id) = self.writes.remove(&write) else {
             return;
         };
@@ -1081,7 +1338,7 @@ impl<P: Policy> Engine<P> {
         if changed {
             self.describe(document_id, effects);
         }
-        self.drain_queue(document_id, effects);
+        self.drain_queue(document_id, now_ms, effects);
     }
 
     fn on_write_failed(
@@ -1119,7 +1376,11 @@ impl<P: Policy> Engine<P> {
         let mut tickets = Vec::new();
         for item in &entry.queue {
             match item {
-                Queued::Message(connection, _) => {
+                Queued::Message(connection, message) => {
+                    if let Some(state) = self.connections.get_mut(&connection.id) {
+                        state.queued_bytes =
+                            state.queued_bytes.saturating_sub(message_size(message));
+                    }
                     to_close.insert(connection.id);
                 }
                 Queued::Edit(edit) => tickets.extend(edit.ticket),
@@ -1131,6 +1392,11 @@ impl<P: Policy> Engine<P> {
             to_close.extend(loaded.waiting.keys());
             if let Some(existing) = loaded.existing {
                 to_close.extend(existing.peers.keys());
+                for (id, held) in &existing.held {
+                    if let Some(state) = self.connections.get_mut(id) {
+                        state.held_bytes = state.held_bytes.saturating_sub(held.bytes);
+                    }
+                }
             }
         }
         for connection in to_close {
@@ -1147,11 +1413,22 @@ impl<P: Policy> Engine<P> {
         }
     }
 
-    fn on_disconnect(&mut self, connection: ConnectionId, effects: &mut Vec<Effect<P::Summary>>) {
-        let Some(documents) = self.connections.remove(&connection) else {
+    fn on_disconnect(
+        &mut self,
+        connection: ConnectionId,
+        now_ms: u64,
+        effects: &mut Vec<Effect<P::Summary>>,
+    ) {
+        let Some(state) = self.connections.remove(&connection) else {
             return;
         };
-        for document_id in documents {
+        for document_id in state.documents {
+            if let Some(waiters) = self.waiters.get_mut(&document_id) {
+                waiters.remove(&connection);
+                if waiters.is_empty() {
+                    self.waiters.remove(&document_id);
+                }
+            }
             let Some(loaded) = loaded_mut(&mut self.documents, &document_id) else {
                 continue;
             };
@@ -1160,46 +1437,91 @@ impl<P: Policy> Engine<P> {
             let Some(existing) = loaded.existing.as_mut() else {
                 continue;
             };
+            if let Some(held) = existing.held.remove(&connection) {
+                existing.held_bytes = existing.held_bytes.saturating_sub(held.bytes);
+            }
             let Some(peer) = existing.peers.remove(&connection) else {
                 continue;
             };
             // Remember what this device's store shares with us, so its next
             // connection skips most of the Bloom filter exchange. Only the
             // shared heads carry over (as in the stored form): what was sent
-            // on this connection may never have arrived.
+            // on this connection may never have arrived. The state is the
+            // user's: another user naming the same storage id gets its own.
             if let (Some(storage_id), false, true) = (
                 &peer.connection.storage_id,
                 peer.connection.is_ephemeral,
                 existing.meta_stored,
             ) {
+                let user = self.policy.user_id(&peer.connection.user).to_string();
                 let encoded = peer.state.encode();
                 let kept = sync::State::decode(&encoded).unwrap_or_default();
+                let mut writes = vec![StorageWrite::Put {
+                    key: storage::sync_state_key(&document_id, &user, storage_id),
+                    value: storage::sync_state_value(now_ms, &kept),
+                }];
+                existing
+                    .stored_sync_states
+                    .insert((user, storage_id.clone()), (now_ms, kept));
+                while existing.stored_sync_states.len() > self.config.max_sync_states_per_document {
+                    let oldest = existing
+                        .stored_sync_states
+                        .iter()
+                        .min_by_key(|(_, (saved_at, _))| *saved_at)
+                        .map(|(key, _)| key.clone());
+                    let Some(oldest) = oldest else { break };
+                    existing.stored_sync_states.remove(&oldest);
+                    writes.push(StorageWrite::Delete {
+                        key: storage::sync_state_key(&document_id, &oldest.0, &oldest.1),
+                    });
+                }
                 effects.push(Effect::Write {
                     write: None,
-                    writes: vec![StorageWrite::Put {
-                        key: storage::sync_state_key(&document_id, storage_id),
-                        value: encoded,
-                    }],
+                    writes,
                 });
-                existing.stored_sync_states.insert(storage_id.clone(), kept);
             }
         }
     }
 
     fn evict_idle(&mut self, now_ms: u64) {
         let evict_after = self.config.evict_after_ms;
-        self.documents.retain(|_, entry| {
-            let Slot::Loaded(loaded) = &entry.slot else {
+        let waiters = &mut self.waiters;
+        let connections = &mut self.connections;
+        self.documents.retain(|document_id, entry| {
+            let Slot::Loaded(loaded) = &mut entry.slot else {
                 return true;
             };
+            // A document nobody has created pins nothing: who waits for it
+            // is remembered outside, and its slot goes like any idle one.
+            let created = loaded
+                .existing
+                .as_ref()
+                .is_some_and(|existing| existing.meta_stored);
             let idle = entry.queue.is_empty()
                 && loaded.write_in_flight.is_none()
-                && loaded.waiting.is_empty()
+                && loaded.unacknowledged.is_empty()
+                && (loaded.waiting.is_empty() || !created)
                 && loaded
                     .existing
                     .as_ref()
                     .is_none_or(|existing| existing.peers.is_empty());
-            !(idle && now_ms.saturating_sub(entry.last_active_ms) >= evict_after)
+            if !(idle && now_ms.saturating_sub(entry.last_active_ms) >= evict_after) {
+                return true;
+            }
+            if !loaded.waiting.is_empty() {
+                waiters
+                    .entry(*document_id)
+                    .or_default()
+                    .extend(loaded.waiting.drain());
+            }
+            if let Some(existing) = &loaded.existing {
+                for (id, held) in &existing.held {
+                    if let Some(state) = connections.get_mut(id) {
+                        state.held_bytes = state.held_bytes.saturating_sub(held.bytes);
+                    }
+                }
+            }
+            false
         });
     }
 }
@@ -1208,58 +1530,282 @@ impl<P: Policy> Engine<P> {
 enum Applied {
     Done,
     Failed(String),
+    /// The message's changes do not parse: nothing was applied.
+    Malformed(String),
+    /// The sender holds too much waiting for missing dependencies: nothing
+    /// was applied and what it held is dropped.
+    TooMuchHeld(String),
     /// automerge panicked on a malformed change: the document in memory can
     /// no longer be trusted.
     Broken,
 }
 
-/// Applies a peer's sync message from connection `from`. Changes waiting
-/// for dependencies stay only while the same connection keeps sending and
-/// below a size limit; otherwise they are dropped (a later change would be
-/// judged as whoever completed them) and the sync protocol asks again.
-fn apply_sync_message(
-    doc: &mut Automerge,
-    orphans: &mut Orphans,
+/// The limits and counters [`apply_sync_message`] works within.
+struct HeldBudget<'a> {
+    connection_bytes: &'a mut usize,
+    max_per_connection: usize,
+    max_per_document: usize,
+}
+
+/// Applies a peer's sync message from connection `from`. The changes whose
+/// dependencies are in the document go in, with any this connection sent
+/// earlier that they complete; the rest are held for the connection,
+/// outside the document, within its byte budget. The sync state then takes
+/// the message as `receive_sync_message` would have.
+fn apply_sync_message<U>(
+    existing: &mut Existing<U>,
     state: &mut sync::State,
-    message: sync::Message,
+    mut message: sync::Message,
     from: ConnectionId,
+    budget: HeldBudget<'_>,
+    rebuilds: &mut u64,
 ) -> Applied {
-    if orphans.sender.is_some_and(|sender| sender != from) && drop_orphans(doc, orphans).is_err() {
-        return Applied::Broken;
+    let chunks = std::mem::replace(&mut message.changes, sync::ChunkList::empty());
+    let mut incoming = Vec::new();
+    let mut whole_documents = Vec::new();
+    for chunk in chunks.iter() {
+        let parts = match split_chunks(chunk) {
+            Ok(parts) => parts,
+            Err(reason) => return Applied::Malformed(reason),
+        };
+        for (kind, part) in parts {
+            if kind == CHUNK_CHANGE || kind == CHUNK_COMPRESSED_CHANGE {
+                match Change::try_from(part) {
+                    Ok(change) => incoming.push(change),
+                    Err(error) => return Applied::Malformed(error.to_string()),
+                }
+            } else {
+                whole_documents.push(part);
+            }
+        }
     }
-    let size: usize = message.changes.iter().map(<[u8]>::len).sum();
+    let doc = &mut existing.doc;
+    let held = existing.held.entry(from).or_default();
+    let held_before = held.bytes;
+    for change in incoming {
+        let hash = change.hash();
+        if !has_change(doc, &hash) && !held.changes.contains_key(&hash) {
+            held.bytes += change.raw_bytes().len();
+            held.changes.insert(hash, change);
+        }
+    }
+    let ready = take_ready(doc, held);
+    let grown = held.bytes.saturating_sub(held_before);
+    let shrunk = held_before.saturating_sub(held.bytes);
+    existing.held_bytes = existing.held_bytes + grown - shrunk.min(existing.held_bytes);
+    *budget.connection_bytes =
+        *budget.connection_bytes + grown - shrunk.min(*budget.connection_bytes);
+    if *budget.connection_bytes > budget.max_per_connection
+        || existing.held_bytes > budget.max_per_document
+    {
+        let dropped = existing.held.remove(&from).map_or(0, |held| held.bytes);
+        existing.held_bytes = existing.held_bytes.saturating_sub(dropped);
+        *budget.connection_bytes = budget.connection_bytes.saturating_sub(dropped);
+        return Applied::TooMuchHeld(format!(
+            "too many changes arrived before the changes they depend on (the limits are {} bytes per connection and {} per document)",
+            budget.max_per_connection, budget.max_per_document
+        ));
+    }
+    if existing
+        .held
+        .get(&from)
+        .is_some_and(|held| held.changes.is_empty())
+    {
+        existing.held.remove(&from);
+    }
+
+    let before = doc.get_heads();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        doc.receive_sync_message(state, message)
+        // A whole document (a version-2 message) holds its own history, so
+        // it never leaves changes waiting inside automerge.
+        for document in &whole_documents {
+            doc.load_incremental(document)?;
+        }
+        if !ready.is_empty() {
+            doc.apply_changes(ready)?;
+        }
+        Ok::<(), AutomergeError>(())
     }));
     match outcome {
-        Err(_) => Applied::Broken,
-        Ok(Err(error)) => Applied::Failed(error.to_string()),
-        Ok(Ok(())) if doc.get_missing_deps(&[]).is_empty() => {
-            *orphans = Orphans::default();
-            Applied::Done
-        }
-        Ok(Ok(())) => {
-            orphans.sender = Some(from);
-            orphans.bytes += size;
-            if orphans.bytes > MAX_ORPHAN_BYTES {
-                return match drop_orphans(doc, orphans) {
-                    Ok(()) => Applied::Failed(
-                        "too many changes arrived before the changes they depend on".into(),
-                    ),
-                    Err(()) => Applied::Broken,
-                };
+        Err(_) => return Applied::Broken,
+        Ok(Err(error)) => return Applied::Failed(error.to_string()),
+        Ok(Ok(())) => {}
+    }
+    if !doc.get_missing_deps(&[]).is_empty() {
+        // Cannot happen with well-formed documents; if it does, take the
+        // waiting changes out again rather than keep them inside.
+        *rebuilds += 1;
+        let actor = doc.get_actor().clone();
+        return match doc.fork_at(&doc.get_heads()) {
+            Ok(applied_only) => {
+                *doc = applied_only.with_actor(actor);
+                Applied::Failed("a document in the message depends on changes it lacks".into())
             }
-            Applied::Done
-        }
+            Err(_) => Applied::Broken,
+        };
+    }
+    let after = doc.get_heads();
+    if after != before {
+        state.shared_heads = advance_heads(&before, &after, &state.shared_heads);
+    }
+    match doc.receive_sync_message(state, message) {
+        Ok(()) => Applied::Done,
+        Err(error) => Applied::Failed(error.to_string()),
     }
 }
 
-/// Forgets the changes waiting for dependencies, keeping everything applied.
-fn drop_orphans(doc: &mut Automerge, orphans: &mut Orphans) -> Result<(), ()> {
-    *orphans = Orphans::default();
-    let actor = doc.get_actor().clone();
-    let applied_only = doc.fork_at(&doc.get_heads()).map_err(drop)?;
-    *doc = applied_only.with_actor(actor);
+/// Whether `doc` has applied the change `hash`. (automerge's own check is
+/// not public; with nothing queued inside the document, as here, the
+/// missing dependencies of `hash` are itself or nothing.)
+fn has_change(doc: &Automerge, hash: &ChangeHash) -> bool {
+    doc.get_missing_deps(std::slice::from_ref(hash)).is_empty()
+}
+
+/// Takes out of `held` the changes whose dependencies are all in `doc` or
+/// taken before them, in an order `apply_changes` can apply.
+fn take_ready(doc: &Automerge, held: &mut Held) -> Vec<Change> {
+    let mut missing: HashMap<ChangeHash, usize> = HashMap::new();
+    let mut dependents: HashMap<ChangeHash, Vec<ChangeHash>> = HashMap::new();
+    let mut ready_hashes = Vec::new();
+    for (hash, change) in &held.changes {
+        let absent: Vec<ChangeHash> = change
+            .deps()
+            .iter()
+            .filter(|dep| !has_change(doc, dep))
+            .copied()
+            .collect();
+        if absent.is_empty() {
+            ready_hashes.push(*hash);
+        } else {
+            missing.insert(*hash, absent.len());
+            for dep in absent {
+                dependents.entry(dep).or_default().push(*hash);
+            }
+        }
+    }
+    let mut ready = Vec::new();
+    let mut next = 0;
+    while next < ready_hashes.len() {
+        let hash = ready_hashes[next];
+        next += 1;
+        if let Some(change) = held.changes.remove(&hash) {
+            held.bytes = held.bytes.saturating_sub(change.raw_bytes().len());
+            ready.push(change);
+        }
+        for dependent in dependents.remove(&hash).unwrap_or_default() {
+            if let Some(count) = missing.get_mut(&dependent) {
+                *count -= 1;
+                if *count == 0 {
+                    ready_hashes.push(dependent);
+                }
+            }
+        }
+    }
+    ready
+}
+
+/// The shared heads after applying changes, as automerge's sync does: our
+/// new heads, and the old shared heads that are still heads.
+fn advance_heads(
+    before: &[ChangeHash],
+    after: &[ChangeHash],
+    shared: &[ChangeHash],
+) -> Vec<ChangeHash> {
+    let mut advanced: Vec<ChangeHash> = after
+        .iter()
+        .filter(|head| !before.contains(head))
+        .chain(shared.iter().filter(|head| after.contains(head)))
+        .copied()
+        .collect();
+    advanced.sort();
+    advanced.dedup();
+    advanced
+}
+
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const CHUNK_CHANGE: u8 = 1;
+const CHUNK_COMPRESSED_CHANGE: u8 = 2;
+
+/// Splits concatenated automerge chunks (magic, checksum, type, LEB128
+/// length, data), as a version-2 sync message carries them, into
+/// (type, whole chunk).
+fn split_chunks(bytes: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
+    let mut parts = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if rest.len() < 9 || rest[..4] != CHUNK_MAGIC {
+            return Err("not an automerge chunk".into());
+        }
+        let kind = rest[8];
+        let mut length: u64 = 0;
+        let mut at = 9;
+        let mut shift = 0;
+        loop {
+            let byte = *rest.get(at).ok_or("a truncated chunk header")?;
+            at += 1;
+            if shift > 63 {
+                return Err("a chunk length out of range".into());
+            }
+            length |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = usize::try_from(length)
+            .ok()
+            .and_then(|length| at.checked_add(length))
+            .filter(|end| *end <= rest.len())
+            .ok_or("a truncated chunk")?;
+        parts.push((kind, &rest[..end]));
+        rest = &rest[end..];
+    }
+    Ok(parts)
+}
+
+/// What a queued message counts against its connection's byte budget.
+fn message_size(message: &DocumentMessage) -> usize {
+    const OVERHEAD: usize = 128;
+    OVERHEAD
+        + match message {
+            DocumentMessage::Request(m) | DocumentMessage::Sync(m) => m.data.len(),
+            DocumentMessage::Ephemeral(m) => m.data.len() + m.session_id.len(),
+            DocumentMessage::DocUnavailable(_) => 0,
+        }
+}
+
+/// Checks an ephemeral against the size limits and its connection's rate.
+fn admit_ephemeral(
+    config: &EngineConfig,
+    state: &mut ConnectionState,
+    message: &Ephemeral,
+    now_ms: u64,
+) -> Result<(), String> {
+    if message.data.len() > config.ephemeral_max_bytes {
+        return Err(format!(
+            "ephemeral message too large: its data is {} bytes, the limit is {} (ephemeral_max_bytes)",
+            message.data.len(),
+            config.ephemeral_max_bytes
+        ));
+    }
+    if message.session_id.len() > config.ephemeral_session_id_max_bytes {
+        return Err(format!(
+            "ephemeral sessionId too long: the limit is {} bytes (ephemeral_session_id_max_bytes)",
+            config.ephemeral_session_id_max_bytes
+        ));
+    }
+    let elapsed_ms = now_ms.saturating_sub(state.ephemeral_refilled_ms);
+    state.ephemeral_refilled_ms = now_ms;
+    state.ephemeral_tokens = (state.ephemeral_tokens
+        + elapsed_ms as f64 * f64::from(config.ephemeral_per_second) / 1000.0)
+        .min(f64::from(config.ephemeral_burst));
+    if state.ephemeral_tokens < 1.0 {
+        return Err(format!(
+            "too many ephemeral messages: the limit is {} per second, {} at once (ephemeral_per_second)",
+            config.ephemeral_per_second, config.ephemeral_burst
+        ));
+    }
+    state.ephemeral_tokens -= 1.0;
     Ok(())
 }
 
@@ -1278,7 +1824,8 @@ impl<U> Existing<U> {
             peers: HashMap::new(),
             stored_sync_states: HashMap::new(),
             last_ephemeral: HashMap::new(),
-            orphans: Orphans::default(),
+            held: HashMap::new(),
+            held_bytes: 0,
         }
     }
 }
@@ -1373,6 +1920,5 @@ fn rollback<U>(existing: &mut Existing<U>, before: &[ChangeHash]) -> Result<(), 
         .map_err(|error| error.to_string())?;
     restored.set_actor(actor);
     existing.doc = restored;
-    existing.orphans = Orphans::default();
     Ok(())
 }

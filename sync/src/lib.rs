@@ -18,6 +18,7 @@
 //! ```
 
 pub mod engine;
+pub mod frame;
 pub mod handshake;
 pub mod ids;
 pub mod messages;
@@ -28,6 +29,7 @@ pub use engine::{
     Connection, ConnectionId, DocumentMessage, DocumentView, EditFn, Effect, Engine, EngineConfig,
     Input, LocalEdit, Policy, Refusal, SERVER_USER, WriteId,
 };
+pub use frame::{Frame, SharedEphemeral};
 pub use ids::{DocumentId, InvalidDocumentId, PeerId, StorageId};
 pub use messages::*;
 pub use wire::DecodeError;

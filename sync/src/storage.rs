@@ -4,7 +4,8 @@
 //! doc/<id>/meta                 who created the document (UTF-8 user id)
 //! doc/<id>/c/<change hash>      changes appended as they arrived (raw change chunks)
 //! doc/<id>/s/<name>             snapshots made by compaction (`Automerge::save`)
-//! doc/<id>/sync/<storage id>    a peer's persisted `sync::State` (shared heads)
+//! doc/<id>/sync/<user>/<hex>     a device's persisted `sync::State` (shared heads),
+//!                               by user and storage id (hex), after the time it was saved
 //! ```
 //!
 //! Every chunk is loadable by `Automerge::load_incremental`, so a document is
@@ -47,8 +48,53 @@ pub fn changed_key(id: &DocumentId) -> String {
     format!("{CHANGED_PREFIX}{id}")
 }
 
-pub fn sync_state_key(id: &DocumentId, storage_id: &StorageId) -> String {
-    format!("doc/{id}/sync/{storage_id}")
+/// Where the sync state of `user`'s device store `storage_id` lies. The
+/// storage id is the client's word, so it is scoped by the user it came
+/// from (one user cannot read or overwrite another's state) and hex-encoded
+/// (it cannot reach outside its key).
+pub fn sync_state_key(id: &DocumentId, user: &str, storage_id: &StorageId) -> String {
+    let mut key = format!("doc/{id}/sync/{user}/");
+    for byte in storage_id.as_str().bytes() {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    key
+}
+
+/// The value stored under [`sync_state_key`]: when it was saved (so the
+/// oldest states can be dropped first), then the encoded state.
+pub fn sync_state_value(saved_at_ms: u64, state: &automerge::sync::State) -> Vec<u8> {
+    let mut value = saved_at_ms.to_be_bytes().to_vec();
+    value.extend(state.encode());
+    value
+}
+
+/// A device's stored sync state, as [`assemble`] found it.
+#[derive(Debug)]
+pub struct StoredSyncState {
+    pub user: String,
+    pub storage_id: StorageId,
+    pub saved_at_ms: u64,
+    pub state: automerge::sync::State,
+}
+
+fn parse_sync_state(rest: &str, value: &[u8]) -> Option<StoredSyncState> {
+    let (user, hex) = rest.rsplit_once('/')?;
+    if user.is_empty() || hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    let storage_id = StorageId::new(String::from_utf8(bytes).ok()?);
+    let saved_at_ms = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let state = automerge::sync::State::decode(&value[8..]).ok()?;
+    Some(StoredSyncState {
+        user: user.to_string(),
+        storage_id,
+        saved_at_ms,
+        state,
+    })
 }
 
 /// What the store holds for one document, rebuilt.
@@ -59,8 +105,11 @@ pub struct StoredDocument {
     pub creator: String,
     /// Keys of the snapshots and change chunks the document was built from.
     pub content_keys: Vec<String>,
-    /// Persisted sync states by peer storage id.
-    pub sync_states: Vec<(StorageId, automerge::sync::State)>,
+    /// Persisted sync states by user and storage id, oldest first.
+    pub sync_states: Vec<StoredSyncState>,
+    /// Keys of stored sync states that no longer parse (an older layout,
+    /// unscoped by user): the engine deletes them.
+    pub stale_sync_keys: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +136,7 @@ pub fn assemble(
     let mut creator = None;
     let mut content_keys = Vec::new();
     let mut sync_states = Vec::new();
+    let mut stale_sync_keys = Vec::new();
     // Snapshots first: loading the big compact form before the small chunks
     // is the fast path through `load_incremental`.
     let mut ordered: Vec<&(String, Vec<u8>)> = entries.iter().collect();
@@ -105,19 +155,22 @@ pub fn assemble(
                     reason: error.to_string(),
                 })?;
             content_keys.push(key.clone());
-        } else if let Some(storage_id) = rest.strip_prefix("sync/") {
+        } else if let Some(rest) = rest.strip_prefix("sync/") {
             // A state that no longer decodes only costs a longer first sync.
-            if let Ok(state) = automerge::sync::State::decode(value) {
-                sync_states.push((StorageId::new(storage_id), state));
+            match parse_sync_state(rest, value) {
+                Some(state) => sync_states.push(state),
+                None => stale_sync_keys.push(key.clone()),
             }
         }
     }
+    sync_states.sort_by_key(|state| state.saved_at_ms);
     match creator {
         Some(creator) => Ok(Some(StoredDocument {
             doc,
             creator,
             content_keys,
             sync_states,
+            stale_sync_keys,
         })),
         None if content_keys.is_empty() => Ok(None),
         None => Err(LoadError::MissingMeta(id.to_string())),

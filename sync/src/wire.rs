@@ -96,6 +96,33 @@ impl Message {
     }
 }
 
+/// An ephemeral's map with every entry but `targetId`, whose key comes last:
+/// append [`encode_target_tail`] for a whole message (see `frame.rs`).
+pub(crate) fn encode_ephemeral_without_target(m: &Ephemeral) -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new());
+    let written: EncResult = (|| {
+        e.map(7)?;
+        e.str("type")?.str("ephemeral")?;
+        e.str("senderId")?.str(m.sender_id.as_str())?;
+        write_document_id(&mut e, &m.document_id)?;
+        e.str("data")?.bytes(&m.data)?;
+        e.str("count")?.u64(m.count)?;
+        e.str("sessionId")?.str(&m.session_id)?;
+        e.str("targetId")?;
+        Ok(())
+    })();
+    written.expect("encoding into a Vec<u8> cannot fail");
+    e.into_writer()
+}
+
+/// The value of the `targetId` entry that ends a shared ephemeral.
+pub(crate) fn encode_target_tail(target: &PeerId) -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new());
+    e.str(target.as_str())
+        .expect("encoding into a Vec<u8> cannot fail");
+    e.into_writer()
+}
+
 // ---------------------------------------------------------------------------
 // Encoding
 

@@ -210,6 +210,12 @@ impl World {
                             inputs.push(reply);
                         }
                     }
+                    Effect::SendFrame { connection, frame } => {
+                        let message = Message::decode(&frame.to_vec()).unwrap();
+                        if let Some(reply) = self.deliver(connection, message) {
+                            inputs.push(reply);
+                        }
+                    }
                     Effect::Close { connection, reason } => {
                         if let Some(client) = self.client_mut(connection) {
                             client.closed = Some(reason);
@@ -600,8 +606,8 @@ fn a_devices_sync_state_is_stored_on_disconnect_and_reused_on_reconnect() {
     world.edit(phone, doc_id(1), "n", 1);
     world.sync(phone, doc_id(1));
     world.disconnect(phone);
-    let key = storage::sync_state_key(&doc_id(1), &StorageId::new("phone-store"));
-    let stored = sync::State::decode(&world.store[&key]).unwrap();
+    let key = storage::sync_state_key(&doc_id(1), "ada", &StorageId::new("phone-store"));
+    let stored = sync::State::decode(&world.store[&key][8..]).unwrap();
     assert_eq!(stored.shared_heads, world.heads(phone, doc_id(1)));
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backchannel_sync::{Connection, ConnectionId, DocumentId, PeerId};
+use backchannel_sync::{Connection, ConnectionId, DocumentId, Frame, PeerId};
 use tokio::sync::mpsc;
 
 use crate::community::SyncUser;
@@ -13,7 +13,9 @@ use crate::community::SyncUser;
 /// What a connection's task is told to do.
 #[derive(Debug)]
 pub enum Outbound {
-    Frame(Vec<u8>),
+    /// A frame's bytes; an ephemeral relayed to many readers shares its
+    /// body between their queues (see `backchannel_sync::frame`).
+    Frame(Frame),
 }
 
 /// The two ways into a connection's task: frames through a bounded queue
@@ -162,7 +164,7 @@ impl Registry {
 
     /// Queues a frame; a connection whose queue is full is too slow to keep
     /// up and is closed (its client reconnects and resyncs from durable state).
-    pub fn send(&self, id: ConnectionId, frame: Vec<u8>) {
+    pub fn send(&self, id: ConnectionId, frame: Frame) {
         let inner = self.lock();
         let Some(live) = inner.connections.get(&id) else {
             return;

@@ -52,7 +52,8 @@ fn carry_out(effect: Effect<Summary>, context: &ShardContext) {
         Effect::Send {
             connection,
             message,
-        } => context.registry.send(connection, message.encode()),
+        } => context.registry.send(connection, message.encode().into()),
+        Effect::SendFrame { connection, frame } => context.registry.send(connection, frame),
         Effect::Close { connection, reason } => {
             tracing::info!(connection = connection.0, %reason, "closing sync connection");
             context.registry.close(connection, reason);

@@ -229,7 +229,12 @@ impl ConnectionTask {
                 let Some(document_message) = DocumentMessage::from_message(other) else {
                     return Next::Continue; // peer, remote heads, unknown types
                 };
-                if document_message.sender_id() != &connection.peer_id {
+                // The stock client passes on ephemerals it receives under
+                // their original sender's id; the engine drops those copies.
+                // Every other message speaks for this connection's peer.
+                if !matches!(document_message, DocumentMessage::Ephemeral(_))
+                    && document_message.sender_id() != &connection.peer_id
+                {
                     return Next::End(Some(
                         "senderId does not match the peer id this connection joined with".into(),
                     ));
