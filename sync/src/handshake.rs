@@ -13,8 +13,23 @@ pub struct ServerIdentity {
     pub storage_id: StorageId,
 }
 
+/// The longest `peerMetadata.storageId` a `join` may carry (the stock
+/// client's is a 36-character UUID); it names stored sync states.
+pub const MAX_STORAGE_ID_BYTES: usize = 64;
+
 /// The `peer` reply to an acceptable `join`, or the `error` to send before closing.
 pub fn answer_join(join: &Join, server: &ServerIdentity) -> Result<Message, Message> {
+    let storage_id = join
+        .peer_metadata
+        .as_ref()
+        .and_then(|meta| meta.storage_id.as_ref());
+    if storage_id.is_some_and(|id| id.as_str().len() > MAX_STORAGE_ID_BYTES) {
+        return Err(error(
+            server,
+            Some(join.sender_id.clone()),
+            format!("storageId too long: the limit is {MAX_STORAGE_ID_BYTES} bytes"),
+        ));
+    }
     // A client that lists no versions predates the list and speaks "1".
     let speaks_ours = join
         .supported_protocol_versions
@@ -85,6 +100,24 @@ mod tests {
     #[test]
     fn a_join_without_versions_is_taken_as_version_1() {
         assert!(answer_join(&join(None), &server()).is_ok());
+    }
+
+    #[test]
+    fn a_join_with_a_storage_id_over_the_limit_gets_an_error() {
+        let mut long = join(Some(vec!["1"]));
+        long.peer_metadata = Some(PeerMetadata {
+            storage_id: Some(StorageId::new("x".repeat(MAX_STORAGE_ID_BYTES + 1))),
+            is_ephemeral: Some(false),
+        });
+        let Err(Message::Error(error)) = answer_join(&long, &server()) else {
+            panic!("expected an error message");
+        };
+        assert!(error.message.contains("storageId too long"));
+        long.peer_metadata = Some(PeerMetadata {
+            storage_id: Some(StorageId::new("x".repeat(MAX_STORAGE_ID_BYTES))),
+            is_ephemeral: Some(false),
+        });
+        assert!(answer_join(&long, &server()).is_ok());
     }
 
     #[test]

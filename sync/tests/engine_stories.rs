@@ -83,9 +83,15 @@ fn doc_id(n: u8) -> DocumentId {
 
 impl World {
     fn new() -> Self {
+        Self::with_config(|_| {})
+    }
+
+    /// A world whose engine limits `adjust` sets (low, for tests of limits).
+    fn with_config(adjust: impl FnOnce(&mut EngineConfig)) -> Self {
         let mut config = EngineConfig::new(PeerId::new(SERVER), ActorId::from([0xee; 16]));
         config.evict_after_ms = 1_000;
         config.compact_after_chunks = 3;
+        adjust(&mut config);
         Self {
             engine: Engine::new(config, TestPolicy),
             store: BTreeMap::new(),
@@ -1011,4 +1017,358 @@ fn changes_waiting_for_their_dependencies_land_once_those_arrive() {
     let laptop = world.connect("ada", None);
     world.sync(laptop, doc_id(1));
     assert_eq!(world.value(laptop, doc_id(1), "second"), Some(2));
+}
+
+impl World {
+    /// Client `client` sends `document` an ephemeral as the stock client
+    /// would: its own sender id unless `sender` names another.
+    fn send_ephemeral_as(
+        &mut self,
+        client: usize,
+        document: DocumentId,
+        sender: Option<&str>,
+        session: &str,
+        count: u64,
+        data: Vec<u8>,
+    ) {
+        let connection = self.clients[client].connection.clone();
+        let message = DocumentMessage::Ephemeral(Ephemeral {
+            sender_id: sender.map_or(connection.peer_id.clone(), PeerId::new),
+            target_id: PeerId::new(SERVER),
+            document_id: document,
+            data,
+            count,
+            session_id: session.into(),
+        });
+        self.input(Input::Message {
+            connection,
+            message,
+        });
+    }
+
+    fn ephemerals_received(&self, client: usize, document: DocumentId) -> usize {
+        self.received_about(client, document)
+            .into_iter()
+            .filter(|message| matches!(message, Message::Ephemeral(_)))
+            .count()
+    }
+
+    /// Sends `changes` from `client` in one sync message with `heads`.
+    fn send_changes(
+        &mut self,
+        client: usize,
+        document: DocumentId,
+        heads: Vec<ChangeHash>,
+        changes: &[automerge::Change],
+    ) {
+        let message = sync::Message {
+            heads,
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: changes
+                .iter()
+                .map(|change| change.raw_bytes().to_vec())
+                .collect::<Vec<_>>()
+                .into(),
+            flags: None,
+            version: sync::MessageVersion::V1,
+        };
+        let connection = self.clients[client].connection.clone();
+        self.input(Input::Message {
+            connection: connection.clone(),
+            message: DocumentMessage::Sync(DocMessage {
+                sender_id: connection.peer_id.clone(),
+                target_id: PeerId::new(SERVER),
+                document_id: document,
+                data: message.encode(),
+            }),
+        });
+    }
+}
+
+/// Three readers of one public document: ada's phone, ada's laptop, bob.
+fn three_readers(world: &mut World) -> (usize, usize, usize) {
+    let phone = world.connect("ada", None);
+    world.edit(phone, doc_id(1), "n", 1);
+    world.make_public(phone, doc_id(1));
+    world.sync(phone, doc_id(1));
+    let laptop = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+    let bob = world.connect("bob", None);
+    world.sync(bob, doc_id(1));
+    (phone, laptop, bob)
+}
+
+/// A change by `actor` on top of `deps` that nobody else has.
+fn change_on(deps_doc: &Automerge, actor: u8, key: &str) -> automerge::Change {
+    let mut doc = deps_doc.fork().with_actor(ActorId::from(vec![actor; 16]));
+    let mut tx = doc.transaction();
+    tx.put(ROOT, key, i64::from(actor)).unwrap();
+    tx.commit_with(CommitOptions::default().with_time(0));
+    doc.get_last_local_change().unwrap().clone()
+}
+
+#[test]
+fn ephemeral_over_the_size_limit_closes_only_its_sender() {
+    let mut world = World::with_config(|config| config.ephemeral_max_bytes = 1_000);
+    let (phone, laptop, bob) = three_readers(&mut world);
+    world.send_ephemeral_as(phone, doc_id(1), None, "s", 1, vec![0x40; 1_001]);
+    let reason = world.clients[phone].closed.clone().unwrap_or_default();
+    assert!(reason.contains("ephemeral_max_bytes"), "{reason}");
+    assert_eq!(world.ephemerals_received(laptop, doc_id(1)), 0);
+    assert!(world.clients[laptop].closed.is_none() && world.clients[bob].closed.is_none());
+}
+
+#[test]
+fn a_small_ephemeral_still_reaches_every_other_reader() {
+    let mut world = World::with_config(|config| config.ephemeral_max_bytes = 1_000);
+    let (phone, laptop, bob) = three_readers(&mut world);
+    world.send_ephemeral_as(phone, doc_id(1), None, "s", 1, vec![0x40; 1_000]);
+    assert_eq!(world.ephemerals_received(laptop, doc_id(1)), 1);
+    assert_eq!(world.ephemerals_received(bob, doc_id(1)), 1);
+    assert!(world.clients[phone].closed.is_none());
+}
+
+#[test]
+fn an_ephemeral_session_id_over_the_limit_closes_its_sender() {
+    let mut world = World::new();
+    let (phone, laptop, _) = three_readers(&mut world);
+    world.send_ephemeral_as(phone, doc_id(1), None, &"s".repeat(65), 1, vec![0xa0]);
+    let reason = world.clients[phone].closed.clone().unwrap_or_default();
+    assert!(reason.contains("sessionId"), "{reason}");
+    assert_eq!(world.ephemerals_received(laptop, doc_id(1)), 0);
+}
+
+#[test]
+fn ephemerals_beyond_the_rate_close_their_sender() {
+    let mut world = World::with_config(|config| {
+        config.ephemeral_burst = 3;
+        config.ephemeral_per_second = 1;
+    });
+    let (phone, laptop, _) = three_readers(&mut world);
+    for count in 1..=3 {
+        world.send_ephemeral_as(phone, doc_id(1), None, "s", count, vec![0xa0]);
+    }
+    assert!(world.clients[phone].closed.is_none());
+    // A second later one more token is there; the one after it is not.
+    world.now += 1_000;
+    world.send_ephemeral_as(phone, doc_id(1), None, "s", 4, vec![0xa0]);
+    assert!(world.clients[phone].closed.is_none());
+    world.send_ephemeral_as(phone, doc_id(1), None, "s", 5, vec![0xa0]);
+    let reason = world.clients[phone].closed.clone().unwrap_or_default();
+    assert!(reason.contains("ephemeral_per_second"), "{reason}");
+    assert_eq!(world.ephemerals_received(laptop, doc_id(1)), 4);
+}
+
+#[test]
+fn a_relayed_ephemeral_is_encoded_once_and_its_bytes_shared_between_readers() {
+    let mut world = World::new();
+    let (phone, _, _) = three_readers(&mut world);
+    world.send_ephemeral_as(phone, doc_id(1), None, "s", 1, vec![0x40; 4_000]);
+    let frames: Vec<_> = world
+        .log
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::SendFrame { frame, .. } => Some(frame),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(frames.len(), 2);
+    assert!(frames[0].shares_body_with(frames[1]));
+}
+
+#[test]
+fn a_forwarded_copy_of_an_ephemeral_is_accepted_and_never_relayed_again() {
+    let mut world = World::new();
+    let (phone, laptop, bob) = three_readers(&mut world);
+    world.send_ephemeral_as(phone, doc_id(1), None, "s", 1, vec![0xa0]);
+    // The stock client passes what it received on to us under the original
+    // sender's id, and so would a forger with a count never seen.
+    world.send_ephemeral_as(laptop, doc_id(1), Some("peer-0"), "s", 1, vec![0xa0]);
+    world.send_ephemeral_as(bob, doc_id(1), Some("peer-0"), "s", 99, vec![0xa0]);
+    assert_eq!(world.ephemerals_received(laptop, doc_id(1)), 1);
+    assert_eq!(world.ephemerals_received(bob, doc_id(1)), 1);
+    assert_eq!(world.ephemerals_received(phone, doc_id(1)), 0);
+    assert!(world.clients.iter().all(|client| client.closed.is_none()));
+}
+
+#[test]
+fn the_ephemeral_repeat_map_forgets_the_oldest_source_beyond_its_cap() {
+    let mut world = World::with_config(|config| config.ephemeral_sources_per_document = 2);
+    let (phone, laptop, _) = three_readers(&mut world);
+    for (at, session) in ["a", "b", "c"].into_iter().enumerate() {
+        world.now = at as u64;
+        world.send_ephemeral_as(phone, doc_id(1), None, session, 1, vec![0xa0]);
+    }
+    // "b" is still remembered (a repeat is dropped); "a" was forgotten.
+    world.send_ephemeral_as(phone, doc_id(1), None, "b", 1, vec![0xa0]);
+    assert_eq!(world.ephemerals_received(laptop, doc_id(1)), 3);
+    world.send_ephemeral_as(phone, doc_id(1), None, "a", 1, vec![0xa0]);
+    assert_eq!(world.ephemerals_received(laptop, doc_id(1)), 4);
+}
+
+#[test]
+fn held_changes_survive_another_connections_messages_and_land_when_their_deps_arrive() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 1);
+    world.make_public(ada, doc_id(1));
+    world.sync(ada, doc_id(1));
+    let (doc, _) = world.clients[ada].docs[&doc_id(1)].clone();
+    let first = change_on(&doc, 0x31, "first");
+    let mut with_first = doc.fork();
+    with_first.apply_changes([first.clone()]).unwrap();
+    let second = change_on(&with_first, 0x31, "second");
+    let heads = vec![second.hash()];
+    world.send_changes(ada, doc_id(1), heads.clone(), std::slice::from_ref(&second));
+    // Another reader syncs in between (today that dropped ada's change).
+    let bob = world.connect("bob", None);
+    world.edit(bob, doc_id(1), "other", 1);
+    world.sync(bob, doc_id(1));
+    world.send_changes(ada, doc_id(1), heads, std::slice::from_ref(&first));
+    let laptop = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+    assert_eq!(world.value(laptop, doc_id(1), "second"), Some(0x31));
+    assert_eq!(world.engine.rebuilds(), 0);
+}
+
+#[test]
+fn alternating_connections_with_missing_deps_force_no_rebuild_and_are_closed_past_the_bound() {
+    let mut world = World::with_config(|config| config.max_held_bytes_per_connection = 2_000);
+    let honest = world.connect("ada", None);
+    world.edit(honest, doc_id(1), "n", 1);
+    world.make_public(honest, doc_id(1));
+    world.sync(honest, doc_id(1));
+    let attackers = [world.connect("bob", None), world.connect("cy", None)];
+    for attacker in attackers {
+        world.sync(attacker, doc_id(1));
+    }
+    let nowhere = Automerge::new();
+    for round in 0..40u8 {
+        let attacker = attackers[usize::from(round % 2)];
+        if world.clients[attacker].closed.is_some() {
+            continue;
+        }
+        // A change that depends on a change nobody has.
+        let missing = change_on(&nowhere, 0x70 + round, "missing");
+        let mut base = Automerge::new();
+        base.apply_changes([missing]).unwrap();
+        let orphan = change_on(&base, 0x70 + round, &"x".repeat(200));
+        world.send_changes(attacker, doc_id(1), vec![orphan.hash()], &[orphan]);
+        // The honest writer's change is acknowledged in the same round.
+        world.edit(honest, doc_id(1), "n", i64::from(round) + 2);
+        world.sync(honest, doc_id(1));
+        assert_eq!(
+            world.clients[honest].docs[&doc_id(1)].1.shared_heads,
+            world.heads(honest, doc_id(1)),
+            "round {round}"
+        );
+    }
+    for attacker in attackers {
+        let reason = world.clients[attacker].closed.clone().unwrap_or_default();
+        assert!(
+            reason.contains("before the changes they depend on"),
+            "{reason}"
+        );
+    }
+    assert!(world.clients[honest].closed.is_none());
+    assert_eq!(world.engine.rebuilds(), 0);
+}
+
+#[test]
+fn a_storage_id_names_only_its_own_users_sync_state() {
+    let mut world = World::new();
+    let phone = world.connect("ada", Some("phone-store"));
+    world.edit(phone, doc_id(1), "n", 1);
+    world.make_public(phone, doc_id(1));
+    world.sync(phone, doc_id(1));
+    world.disconnect(phone);
+    let adas = storage::sync_state_key(&doc_id(1), "ada", &StorageId::new("phone-store"));
+    let saved = world.store[&adas].clone();
+
+    // Bob names ada's storage id: he neither starts from her state nor
+    // overwrites it.
+    let bob = world.connect("bob", Some("phone-store"));
+    world.sync(bob, doc_id(1));
+    world.disconnect(bob);
+    assert_eq!(world.store[&adas], saved);
+    let bobs = storage::sync_state_key(&doc_id(1), "bob", &StorageId::new("phone-store"));
+    assert!(world.store.contains_key(&bobs));
+}
+
+#[test]
+fn stored_sync_states_per_document_are_capped_dropping_the_oldest() {
+    let mut world = World::with_config(|config| config.max_sync_states_per_document = 2);
+    let phone = world.connect("ada", Some("store-0"));
+    world.edit(phone, doc_id(1), "n", 1);
+    world.sync(phone, doc_id(1));
+    world.disconnect(phone);
+    for n in 1..=2 {
+        world.now += 1;
+        let device = world.connect("ada", Some(&format!("store-{n}")));
+        world.sync(device, doc_id(1));
+        world.disconnect(device);
+    }
+    let states: Vec<String> = world
+        .stored_keys(doc_id(1))
+        .into_iter()
+        .filter(|key| key.contains("/sync/"))
+        .collect();
+    assert_eq!(states.len(), 2, "{states:?}");
+    let oldest = storage::sync_state_key(&doc_id(1), "ada", &StorageId::new("store-0"));
+    assert!(!states.contains(&oldest));
+}
+
+#[test]
+fn a_connection_opening_too_many_documents_is_closed() {
+    let mut world = World::with_config(|config| config.max_documents_per_connection = 3);
+    let ada = world.connect("ada", None);
+    for n in 1..=3 {
+        world.sync(ada, doc_id(n));
+    }
+    assert!(world.clients[ada].closed.is_none());
+    world.sync(ada, doc_id(4));
+    let reason = world.clients[ada].closed.clone().unwrap_or_default();
+    assert!(reason.contains("max_documents_per_connection"), "{reason}");
+}
+
+#[test]
+fn a_slot_for_a_document_nobody_created_is_evicted_and_its_waiter_still_gets_it() {
+    let mut world = World::new();
+    let laptop = world.connect("ada", None);
+    for n in 1..=5 {
+        world.sync(laptop, doc_id(n));
+    }
+    assert_eq!(world.engine.resident_documents(), 5);
+    world.now += 1_000;
+    world.input(Input::Tick);
+    assert_eq!(world.engine.resident_documents(), 0);
+
+    let phone = world.connect("ada", None);
+    world.edit(phone, doc_id(1), "n", 3);
+    world.sync(phone, doc_id(1));
+    assert_eq!(world.value(laptop, doc_id(1), "n"), Some(3));
+}
+
+#[test]
+fn bytes_waiting_behind_a_write_over_the_limit_close_the_connection() {
+    let mut world = World::with_config(|config| config.max_queued_bytes_per_connection = 4_000);
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 1);
+    world.sync(ada, doc_id(1));
+    world.writes_are_durable_at_once = false;
+    let bob = world.connect("ada", None);
+    world.edit(bob, doc_id(1), "m", 1);
+    world.sync(bob, doc_id(1));
+    // While that write is in flight, ada's messages wait in the queue.
+    for round in 0..10 {
+        world.send_ephemeral_as(ada, doc_id(1), None, "s", round + 1, vec![0x40; 1_000]);
+    }
+    let reason = world.clients[ada].closed.clone().unwrap_or_default();
+    assert!(
+        reason.contains("max_queued_bytes_per_connection"),
+        "{reason}"
+    );
+    assert!(world.clients[bob].closed.is_none());
+    world.release_writes();
 }
