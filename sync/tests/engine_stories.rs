@@ -1372,3 +1372,40 @@ fn bytes_waiting_behind_a_write_over_the_limit_close_the_connection() {
     assert!(world.clients[bob].closed.is_none());
     world.release_writes();
 }
+
+#[test]
+fn a_version_2_message_of_concatenated_changes_is_split_and_applied() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 1);
+    world.sync(ada, doc_id(1));
+    let (doc, _) = world.clients[ada].docs[&doc_id(1)].clone();
+    let first = change_on(&doc, 0x41, "first");
+    let mut with_first = doc.fork();
+    with_first.apply_changes([first.clone()]).unwrap();
+    let second = change_on(&with_first, 0x41, "second");
+    let mut joined = first.raw_bytes().to_vec();
+    joined.extend_from_slice(second.raw_bytes());
+    let message = sync::Message {
+        heads: vec![second.hash()],
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: vec![joined].into(),
+        flags: None,
+        version: sync::MessageVersion::V2,
+    };
+    let connection = world.clients[ada].connection.clone();
+    world.input(Input::Message {
+        connection: connection.clone(),
+        message: DocumentMessage::Sync(DocMessage {
+            sender_id: connection.peer_id.clone(),
+            target_id: PeerId::new(SERVER),
+            document_id: doc_id(1),
+            data: message.encode(),
+        }),
+    });
+    let laptop = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+    assert_eq!(world.value(laptop, doc_id(1), "second"), Some(0x41));
+    assert!(world.clients[ada].closed.is_none());
+}
