@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::TrustedProxies;
+
 /// Everything a running server needs to know, passed explicitly to [`crate::run`].
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -18,6 +20,8 @@ pub struct Settings {
     pub public_url: String,
     /// Whether anyone may create an account through the API.
     pub open_signup: bool,
+    /// Proxies whose `X-Forwarded-For` names the client (see [`crate::auth::client_address`]).
+    pub trusted_proxies: TrustedProxies,
     pub limits: Limits,
     pub push: PushSettings,
 }
@@ -41,6 +45,11 @@ pub struct PushSettings {
     /// Requests in flight to one push service at once, so one slow service
     /// cannot take every slot.
     pub sends_per_service: usize,
+    /// New reports and flags one member may open within [`PushSettings::alert_window`]
+    /// that alert the managers with high urgency; past it, one normal-urgency
+    /// notice says more came, and the rest wait silently in the inbox.
+    pub alerts_per_member: usize,
+    pub alert_window: Duration,
 }
 
 impl Default for PushSettings {
@@ -52,6 +61,8 @@ impl Default for PushSettings {
             ttl: Duration::from_secs(24 * 60 * 60),
             request_timeout: Duration::from_secs(15),
             sends_per_service: 16,
+            alerts_per_member: 5,
+            alert_window: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -61,11 +72,24 @@ impl Default for PushSettings {
 pub struct Limits {
     /// Largest JSON body the API accepts.
     pub json_body_bytes: usize,
-    /// Failed logins allowed per account within [`Limits::login_window`].
+    /// Failed logins an account may have before each further attempt must
+    /// wait (see [`Limits::login_backoff_base`]).
     pub login_failures_per_account: usize,
     /// Failed logins allowed per client address within [`Limits::login_window`].
     pub login_failures_per_address: usize,
+    /// How long failures are remembered: an account's after its last
+    /// failure, an address's each on its own.
     pub login_window: Duration,
+    /// The wait after an account's last free failure; it doubles with each
+    /// further failure, up to [`Limits::login_backoff_max`].
+    pub login_backoff_base: Duration,
+    pub login_backoff_max: Duration,
+    /// Sign-ups allowed per client address within [`Limits::signup_window`]; 0: no limit.
+    pub signups_per_address: usize,
+    pub signup_window: Duration,
+    /// Password hashes that may wait for a hashing thread; past it, sign-ups
+    /// and logins are answered 503 `server_busy` at once.
+    pub password_hash_queue: usize,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     /// Largest sync message (one WebSocket message) accepted on `/sync`.
@@ -83,6 +107,11 @@ impl Default for Limits {
             login_failures_per_account: 5,
             login_failures_per_address: 30,
             login_window: Duration::from_secs(15 * 60),
+            login_backoff_base: Duration::from_secs(1),
+            login_backoff_max: Duration::from_secs(5 * 60),
+            signups_per_address: 10,
+            signup_window: Duration::from_secs(60 * 60),
+            password_hash_queue: 64,
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 60 * 60),
             sync_message_bytes: 8 * 1024 * 1024,
@@ -99,6 +128,7 @@ impl Settings {
             data_dir: data_dir.into(),
             public_url: default_public_url(bind),
             open_signup: true,
+            trusted_proxies: TrustedProxies::default(),
             limits: Limits::default(),
             push: PushSettings::default(),
         }

@@ -113,6 +113,8 @@ impl From<AuthError> for ApiError {
             SignupClosed => (StatusCode::FORBIDDEN, "signup_closed"),
             InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
+            TooManySignups { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_signups"),
+            ServerBusy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "server_busy"),
             MissingToken => (StatusCode::UNAUTHORIZED, "missing_token"),
             InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
             TokenExpired => (StatusCode::UNAUTHORIZED, "token_expired"),
@@ -123,7 +125,10 @@ impl From<AuthError> for ApiError {
             Store(store_error) => return store_error_to_api(store_error),
         };
         let mut api_error = ApiError::new(status, code, error.to_string());
-        if let TooManyAttempts { retry_after_secs } = error {
+        if let TooManyAttempts { retry_after_secs }
+        | TooManySignups { retry_after_secs }
+        | ServerBusy { retry_after_secs } = error
+        {
             api_error.retry_after_secs = Some(retry_after_secs);
         }
         api_error

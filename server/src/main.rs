@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use backchannel::auth::{Auth, NewAccount, Role, TokenKeys};
+use backchannel::auth::{Auth, NewAccount, Role, TokenKeys, TrustedProxies};
 use backchannel::config::{Limits, PushSettings, Settings, default_public_url};
 use backchannel::data_dir::DataDir;
 
@@ -62,6 +62,18 @@ struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new(),
     )]
     open_signup: bool,
+    /// Proxies (IPs or CIDR ranges, comma-separated) whose X-Forwarded-For names the client.
+    #[arg(long, env = "BACKCHANNEL_TRUSTED_PROXIES")]
+    trusted_proxies: Option<TrustedProxies>,
+    /// Sign-ups allowed per client address per hour (0: no limit).
+    #[arg(long, env = "BACKCHANNEL_SIGNUPS_PER_ADDRESS", default_value_t = Limits::default().signups_per_address)]
+    signups_per_address: usize,
+    /// Password checks that may wait for a hashing thread before logins and sign-ups get 503.
+    #[arg(long, env = "BACKCHANNEL_PASSWORD_HASH_QUEUE", default_value_t = Limits::default().password_hash_queue)]
+    password_hash_queue: usize,
+    /// New reports and flags per member per hour that alert the managers with high urgency.
+    #[arg(long, env = "BACKCHANNEL_PUSH_ALERTS_PER_MEMBER", default_value_t = PushSettings::default().alerts_per_member)]
+    push_alerts_per_member: usize,
     /// More push service hosts accepted over https (comma-separated; `*.domain` allowed).
     #[arg(long, env = "BACKCHANNEL_PUSH_ALLOWED_HOSTS", value_delimiter = ',')]
     push_allowed_hosts: Vec<String>,
@@ -131,11 +143,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data.data,
         public_url: public_url.trim_end_matches('/').to_string(),
         open_signup: args.open_signup,
-        limits: Limits::default(),
+        trusted_proxies: args.trusted_proxies.unwrap_or_default(),
+        limits: Limits {
+            signups_per_address: args.signups_per_address,
+            password_hash_queue: args.password_hash_queue,
+            ..Limits::default()
+        },
         push: PushSettings {
             allowed_hosts: args.push_allowed_hosts,
             insecure_hosts: args.push_insecure_hosts,
             contact: args.push_contact,
+            alerts_per_member: args.push_alerts_per_member,
             ..PushSettings::default()
         },
     };

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use backchannel_tests::{PASSWORD, SignedIn, TestServer};
+use std::time::Duration;
+
+use backchannel_tests::{Answer, Api, PASSWORD, SignedIn, TestServer};
 use serde_json::json;
 
 #[test]
@@ -126,7 +128,9 @@ fn login_with_an_unknown_email_looks_like_a_wrong_password() {
 
 #[test]
 fn repeated_failed_logins_are_too_many_attempts_even_with_the_right_password() {
-    let server = TestServer::start();
+    let server = TestServer::start_with(|settings| {
+        settings.limits.login_backoff_base = Duration::from_secs(60);
+    });
     let api = server.api();
     api.signed_up("ada@example.org");
     for _ in 0..5 {
@@ -310,4 +314,106 @@ fn the_root_serves_the_web_app_page() {
         .to_string();
     assert!(content_type.starts_with("text/html"), "{content_type}");
     assert!(response.text().unwrap().contains("Backchannel"));
+}
+
+/// Sends `count` logins for `email` at once and returns their statuses.
+fn concurrent_logins(api: &Api, email: &str, count: usize) -> Vec<u16> {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(count));
+    let threads: Vec<_> = (0..count)
+        .map(|_| {
+            let (api, email, start) = (api.clone(), email.to_string(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                api.login(&email, "a wrong guess").status
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn fifty_concurrent_bad_logins_get_only_the_allowed_verifications() {
+    // A long backoff, so no attempt arriving late can be let through.
+    let server = TestServer::start_with(|settings| {
+        settings.limits.login_backoff_base = Duration::from_secs(3600);
+    });
+    let api = server.api();
+    api.signed_up("ada@example.org");
+    let statuses = concurrent_logins(&api, "ada@example.org", 50);
+    let verified = statuses.iter().filter(|&&s| s == 401).count();
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!((verified, refused), (5, 45), "{statuses:?}");
+}
+
+#[test]
+fn after_the_backoff_the_right_password_signs_in() {
+    let server = TestServer::start_with(|settings| {
+        settings.limits.login_backoff_base = Duration::from_millis(200);
+    });
+    let api = server.api();
+    api.signed_up("ada@example.org");
+    for _ in 0..5 {
+        api.login("ada@example.org", "guess")
+            .assert_error(401, "invalid_credentials");
+    }
+    // The backoff counts from the fifth failure, which has been answered.
+    std::thread::sleep(Duration::from_millis(300));
+    let answer = api.login("ada@example.org", PASSWORD);
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+#[test]
+fn a_flood_of_sign_ups_from_one_address_is_too_many_signups() {
+    let server = TestServer::start_with(|settings| settings.limits.signups_per_address = 3);
+    let api = server.api();
+    for n in 0..3 {
+        api.signed_up(&format!("member{n}@example.org"));
+    }
+    let refused = api.register("one-more@example.org", "One more");
+    refused.assert_error(429, "too_many_signups");
+    let retry_after: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 0);
+}
+
+/// A failed login for a fresh unknown account, as if from `forwarded_for`.
+fn failed_login_via(api: &Api, n: usize, forwarded_for: &str) -> Answer {
+    api.send(
+        api.raw()
+            .post(api.url("/api/auth/login"))
+            .header("X-Forwarded-For", forwarded_for)
+            .json(&json!({"email": format!("guess{n}@example.org"), "password": "guess"})),
+    )
+}
+
+#[test]
+fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_address_limit() {
+    let server = TestServer::start_with(|settings| {
+        settings.trusted_proxies = "127.0.0.1".parse().unwrap();
+        settings.limits.login_failures_per_address = 3;
+    });
+    let api = server.api();
+    for n in 0..3 {
+        failed_login_via(&api, n, "203.0.113.1").assert_error(401, "invalid_credentials");
+    }
+    failed_login_via(&api, 3, "203.0.113.1").assert_error(429, "too_many_attempts");
+    // A spoofed left-most entry does not help the same client.
+    failed_login_via(&api, 4, "198.51.100.9, 203.0.113.1").assert_error(429, "too_many_attempts");
+    failed_login_via(&api, 5, "203.0.113.2").assert_error(401, "invalid_credentials");
+}
+
+#[test]
+fn x_forwarded_for_from_a_peer_that_is_not_a_trusted_proxy_is_ignored() {
+    let server = TestServer::start_with(|settings| {
+        settings.limits.login_failures_per_address = 3;
+    });
+    let api = server.api();
+    for n in 0..3 {
+        failed_login_via(&api, n, &format!("203.0.113.{n}"))
+            .assert_error(401, "invalid_credentials");
+    }
+    failed_login_via(&api, 3, "203.0.113.99").assert_error(429, "too_many_attempts");
 }

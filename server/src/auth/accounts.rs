@@ -5,6 +5,23 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{Auth, AuthError, SignedIn, monotonic_now, now_millis, password};
+
+/// Seconds a client is told to wait when the hashing pool is full.
+const BUSY_RETRY_AFTER_SECS: u64 = 1;
+
+fn server_busy(_: password::Busy) -> AuthError {
+    AuthError::ServerBusy {
+        retry_after_secs: BUSY_RETRY_AFTER_SECS,
+    }
+}
+
+/// A new account's fields, checked and trimmed.
+struct ValidAccount {
+    email: String,
+    normalized_email: String,
+    password: String,
+    display_name: String,
+}
 use crate::store::{Batch, Store, StoreError};
 
 pub const MAX_DISPLAY_NAME: usize = 80;
@@ -112,6 +129,32 @@ fn is_valid_email(email: &str) -> bool {
         && domain.split('.').all(|label| !label.is_empty())
 }
 
+/// Checks and trims a new account's fields; nothing slow.
+fn validate(account: NewAccount) -> Result<ValidAccount, AuthError> {
+    let email = account.email.trim().to_string();
+    let normalized_email = normalize_email(&email);
+    if !is_valid_email(&normalized_email) {
+        return Err(AuthError::InvalidEmail);
+    }
+    if !password::is_strong_enough(&account.password) {
+        return Err(AuthError::WeakPassword);
+    }
+    let display_name = account.display_name.trim().to_string();
+    let name_length = display_name.chars().count();
+    if name_length == 0
+        || name_length > MAX_DISPLAY_NAME
+        || display_name.chars().any(char::is_control)
+    {
+        return Err(AuthError::InvalidDisplayName);
+    }
+    Ok(ValidAccount {
+        email,
+        normalized_email,
+        password: account.password,
+        display_name,
+    })
+}
+
 pub(super) fn read_json<T: serde::de::DeserializeOwned>(
     store: &dyn Store,
     key: &[u8],
@@ -132,44 +175,53 @@ pub(super) fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 impl Auth {
-    /// `POST /api/auth/register`: a new member, signed in.
-    pub fn register(&self, account: NewAccount, open_signup: bool) -> Result<SignedIn, AuthError> {
+    /// `POST /api/auth/register`: a new member, signed in. Counts against
+    /// `address`'s sign-ups before the slow hash; refused at once when the
+    /// hashing pool is full.
+    pub fn register(
+        &self,
+        account: NewAccount,
+        open_signup: bool,
+        address: IpAddr,
+    ) -> Result<SignedIn, AuthError> {
         if !open_signup {
             return Err(AuthError::SignupClosed);
         }
-        let user = self.create_user(account, Role::Member)?;
+        let account = validate(account)?;
+        let slot = self.signup_limiter.reserve(address, monotonic_now())?;
+        let password_hash = self
+            .hashing
+            .try_hash(&account.password)
+            .map_err(server_busy)?;
+        // The hash was paid for: the sign-up counts whatever happens next.
+        slot.keep();
+        let user = self.insert_user(account, password_hash, Role::Member)?;
         self.start_session(user)
     }
 
-    /// Creates an account with `role` (the API makes members; the CLI any role).
+    /// Creates an account with `role` (the CLI; it waits for the hashing pool).
     pub fn create_user(&self, account: NewAccount, role: Role) -> Result<User, AuthError> {
-        let email = account.email.trim().to_string();
-        let normalized = normalize_email(&email);
-        if !is_valid_email(&normalized) {
-            return Err(AuthError::InvalidEmail);
-        }
-        if !password::is_strong_enough(&account.password) {
-            return Err(AuthError::WeakPassword);
-        }
-        let display_name = account.display_name.trim().to_string();
-        let name_length = display_name.chars().count();
-        if name_length == 0
-            || name_length > MAX_DISPLAY_NAME
-            || display_name.chars().any(char::is_control)
-        {
-            return Err(AuthError::InvalidDisplayName);
-        }
-        // Hash before taking the lock: it is the slow part.
+        let account = validate(account)?;
         let password_hash = self.hashing.hash(&account.password);
+        self.insert_user(account, password_hash, role)
+    }
+
+    fn insert_user(
+        &self,
+        account: ValidAccount,
+        password_hash: String,
+        role: Role,
+    ) -> Result<User, AuthError> {
         let record = UserRecord {
             id: uuid::Uuid::new_v4().to_string(),
-            email,
-            display_name,
+            email: account.email,
+            display_name: account.display_name,
             role,
             created_at: now_millis(),
             password_hash,
             contact_card: None,
         };
+        let normalized = account.normalized_email;
         let _guard = self.lock_writes();
         if self.store.get(&email_key(&normalized))?.is_some() {
             return Err(AuthError::EmailTaken);
@@ -184,33 +236,42 @@ impl Auth {
         Ok(record.to_user())
     }
 
-    /// `POST /api/auth/login`. Failures count against both the account and
-    /// the client address; past the limit even a right password is refused.
+    /// `POST /api/auth/login`. The attempt is counted against the account
+    /// and the client address before the password is verified (see
+    /// `rate_limit`), so concurrent guesses cannot outrun the count; a right
+    /// password forgives the account's failures.
     pub fn login(
         &self,
         email: &str,
         password: &str,
-        address: Option<IpAddr>,
+        address: IpAddr,
     ) -> Result<SignedIn, AuthError> {
         let normalized = normalize_email(email);
-        let now = monotonic_now();
-        self.login_limiter.check(&normalized, address, now)?;
+        let attempt = self
+            .login_limiter
+            .begin(&normalized, address, monotonic_now())?;
+        // On any early return below the attempt is dropped unsettled, and so
+        // given back: nothing was verified.
         let record = self.find_by_email(&normalized)?;
-        let matches = match &record {
-            Some(record) => self.hashing.verify(password, &record.password_hash),
-            None => {
-                self.hashing.verify(password, &self.dummy_password_hash);
-                false
-            }
-        };
+        let stored_hash = record
+            .as_ref()
+            .map_or(self.dummy_password_hash.as_str(), |record| {
+                record.password_hash.as_str()
+            });
+        // An unknown email is verified against the dummy hash, so it takes
+        // as long as a wrong password.
+        let matches = self
+            .hashing
+            .try_verify(password, stored_hash)
+            .map_err(server_busy)?;
         match record {
             Some(record) if matches => {
-                self.login_limiter.forget_account(&normalized);
+                attempt.succeeded();
                 self.start_session(record.to_user())
             }
             _ => {
-                self.login_limiter.record_failure(&normalized, address, now);
-                tracing::info!(?address, "failed sign-in");
+                attempt.failed(monotonic_now());
+                tracing::info!(%address, "failed sign-in");
                 Err(AuthError::InvalidCredentials)
             }
         }

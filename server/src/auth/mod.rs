@@ -7,6 +7,7 @@
 //! workers with `web::block`.
 
 mod accounts;
+mod client_address;
 mod extractor;
 mod password;
 mod rate_limit;
@@ -17,12 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use accounts::{NewAccount, Role, User};
+pub use client_address::{TrustedProxies, client_address};
 pub use extractor::AuthUser;
 pub use tokens::TokenKeys;
 
 use crate::config::Limits;
 use crate::store::{Store, StoreError};
-use rate_limit::LoginLimiter;
+use rate_limit::{LoginLimiter, SignupLimiter};
 
 /// Why an account or token operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,10 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("too many failed sign-in attempts; try again in {retry_after_secs} seconds")]
     TooManyAttempts { retry_after_secs: u64 },
+    #[error("too many sign-ups from this address; try again in {retry_after_secs} seconds")]
+    TooManySignups { retry_after_secs: u64 },
+    #[error("the server is busy checking passwords; try again in {retry_after_secs} seconds")]
+    ServerBusy { retry_after_secs: u64 },
     #[error("this call needs an access token: send `Authorization: Bearer <token>`")]
     MissingToken,
     #[error("the token is malformed, was not issued by this server, or was tampered with")]
@@ -85,6 +91,7 @@ pub struct Auth {
     keys: TokenKeys,
     limits: Limits,
     login_limiter: LoginLimiter,
+    signup_limiter: SignupLimiter,
     hashing: password::HashingPool,
     /// Serialises read-then-write sequences (unique emails, token rotation),
     /// so two concurrent requests cannot both pass a check.
@@ -104,13 +111,13 @@ impl std::fmt::Debug for Auth {
 
 impl Auth {
     pub fn new(store: Arc<dyn Store>, keys: TokenKeys, limits: Limits) -> Self {
-        let login_limiter = LoginLimiter::new(&limits);
         Self {
             store,
             keys,
+            login_limiter: LoginLimiter::new(&limits),
+            signup_limiter: SignupLimiter::new(&limits),
+            hashing: password::HashingPool::for_this_machine(limits.password_hash_queue),
             limits,
-            login_limiter,
-            hashing: password::HashingPool::for_this_machine(),
             writes: Mutex::new(()),
             dummy_password_hash: password::hash(&uuid::Uuid::new_v4().to_string()),
             on_revoke: std::sync::OnceLock::new(),
@@ -142,7 +149,7 @@ pub fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// The clock the login rate limiter counts with.
+/// The clock the login and sign-up limiters count with.
 pub fn monotonic_now() -> Instant {
     Instant::now()
 }

@@ -5,9 +5,17 @@
 //! HTTP server's blocking pool, a burst of sign-ups would hash on dozens of
 //! threads at once, and the allocator would keep 19 MiB per thread long
 //! after. A pool as wide as the machine bounds both CPU and memory.
+//!
+//! The queue in front of it is bounded too: a flood of sign-ups or logins
+//! would otherwise line up thousands of jobs, and an honest login would wait
+//! behind all of them while each waiting request holds a blocking thread.
+//! When the pool and its queue are full, [`HashingPool::try_hash`] and
+//! [`HashingPool::try_verify`] refuse at once with [`Busy`].
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
@@ -17,17 +25,26 @@ pub const MIN_LENGTH: usize = 8;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// The pool and its queue are full: try again in a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
 /// Threads that do nothing but hash and verify passwords.
 #[derive(Debug, Clone)]
 pub struct HashingPool {
     jobs: mpsc::Sender<Job>,
+    /// One permit per job running or waiting: `threads + queue`.
+    slots: Arc<Semaphore>,
 }
 
 impl HashingPool {
-    pub fn new(threads: usize) -> Self {
+    /// `threads` hashing threads, and at most `queue` jobs waiting for one.
+    pub fn new(threads: usize, queue: usize) -> Self {
+        let threads = threads.max(1);
+        let slots = Arc::new(Semaphore::new(threads.saturating_add(queue)));
         let (jobs, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
-        for index in 0..threads.max(1) {
+        for index in 0..threads {
             let receiver = receiver.clone();
             std::thread::Builder::new()
                 .name(format!("password-{index}"))
@@ -42,12 +59,29 @@ impl HashingPool {
                 })
                 .expect("a password hashing thread starts");
         }
-        Self { jobs }
+        Self { jobs, slots }
     }
 
-    /// As wide as the machine.
-    pub fn for_this_machine() -> Self {
-        Self::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    /// As wide as the machine, with `queue` jobs allowed to wait.
+    pub fn for_this_machine(queue: usize) -> Self {
+        Self::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue,
+        )
+    }
+
+    /// Runs `work` on the pool if a slot is free; the slot is held until the
+    /// work is done, even if the caller stops waiting.
+    fn try_run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Busy> {
+        let permit = self.slots.clone().try_acquire_owned().map_err(|_| Busy)?;
+        Ok(self.run(move || {
+            let outcome = work();
+            drop(permit);
+            outcome
+        }))
     }
 
     fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
@@ -64,14 +98,22 @@ impl HashingPool {
             .expect("every password job runs to completion")
     }
 
+    /// Hashes, waiting however long the queue is (the CLI, one account at a time).
     pub fn hash(&self, password: &str) -> String {
         let password = password.to_owned();
         self.run(move || hash(&password))
     }
 
-    pub fn verify(&self, password: &str, stored_hash: &str) -> bool {
+    /// Hashes, unless the pool and its queue are full.
+    pub fn try_hash(&self, password: &str) -> Result<String, Busy> {
+        let password = password.to_owned();
+        self.try_run(move || hash(&password))
+    }
+
+    /// Verifies, unless the pool and its queue are full.
+    pub fn try_verify(&self, password: &str, stored_hash: &str) -> Result<bool, Busy> {
         let (password, stored_hash) = (password.to_owned(), stored_hash.to_owned());
-        self.run(move || verify(&password, &stored_hash))
+        self.try_run(move || verify(&password, &stored_hash))
     }
 }
 
@@ -116,7 +158,7 @@ mod tests {
 
     #[test]
     fn the_pool_hashes_and_verifies_concurrently() {
-        let pool = HashingPool::new(2);
+        let pool = HashingPool::new(2, 8);
         let hashes: Vec<_> = (0..4)
             .map(|n| {
                 let pool = pool.clone();
@@ -125,9 +167,43 @@ mod tests {
             .map(|thread| thread.join().unwrap())
             .collect();
         for (n, stored) in hashes {
-            assert!(pool.verify(&format!("password {n}"), &stored));
-            assert!(!pool.verify("another password", &stored));
+            assert_eq!(pool.try_verify(&format!("password {n}"), &stored), Ok(true));
+            assert_eq!(pool.try_verify("another password", &stored), Ok(false));
         }
+    }
+
+    #[test]
+    fn a_full_pool_refuses_at_once_and_accepts_again_when_a_slot_frees() {
+        // One thread, one waiting job: a third job is refused.
+        let pool = HashingPool::new(1, 1);
+        let (release, held) = mpsc::channel::<()>();
+        let (started, running) = mpsc::channel::<()>();
+        let held = Arc::new(Mutex::new(held));
+        let blockers: Vec<_> = (0..2)
+            .map(|_| {
+                let (pool, held, started) = (pool.clone(), held.clone(), started.clone());
+                std::thread::spawn(move || {
+                    pool.try_run(move || {
+                        let _ = started.send(());
+                        let _ = held.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    })
+                })
+            })
+            .collect();
+        // The first job runs; the second holds the queue's slot (it has its
+        // permit before it is sent, and the first thread is blocked).
+        let _ = running.recv();
+        while pool.slots.available_permits() > 0 {
+            std::thread::yield_now();
+        }
+        assert_eq!(pool.try_hash("correct horse"), Err(Busy));
+        for _ in 0..2 {
+            let _ = release.send(());
+        }
+        for blocker in blockers {
+            assert_eq!(blocker.join().ok(), Some(Ok(())));
+        }
+        assert!(pool.try_hash("correct horse").is_ok());
     }
 
     #[test]

@@ -16,12 +16,14 @@
 //! - `push/mute/<user>/<document id>`: muted threads;
 //! - `push/outbox/<time><sequence>`: notifications not yet delivered.
 
+pub mod alerts;
 pub mod endpoint;
 pub mod recipients;
 pub mod sender;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backchannel_sync::DocumentId;
@@ -32,6 +34,7 @@ use tokio::sync::mpsc;
 use crate::auth::now_millis;
 use crate::config::PushSettings;
 use crate::store::{Batch, Store, StoreError};
+use alerts::{AlertDecision, AlertLimiter};
 use endpoint::EndpointPolicy;
 pub use recipients::{Notice, Urgency};
 
@@ -103,6 +106,8 @@ pub struct Push {
     sequence: AtomicU64,
     wake: mpsc::UnboundedSender<SenderInput>,
     is_open: IsOpen,
+    /// Each member's high-urgency alerts (new reports and flags) in the window.
+    alerts: Mutex<AlertLimiter>,
 }
 
 /// Whether a user has a document open on a live connection.
@@ -162,6 +167,10 @@ impl Push {
             sequence: AtomicU64::new(random_sequence()),
             wake,
             is_open,
+            alerts: Mutex::new(AlertLimiter::new(
+                settings.alerts_per_member,
+                settings.alert_window,
+            )),
         });
         (push, feed)
     }
@@ -331,8 +340,11 @@ impl Push {
 
     /// Adds to `batch` one outbox record per device of each notice's
     /// recipient, except for muted documents and documents the recipient
-    /// has open right now. Returns the batch and the new records' keys, for
-    /// [`Push::wake`] once the batch is applied.
+    /// has open right now. The alerts of a new report or flag are held to
+    /// the opener's limit ([`alerts`]): past it, the first is sent at normal
+    /// urgency saying more come quietly, the rest not at all. Returns the
+    /// batch and the new records' keys, for [`Push::wake`] once the batch is
+    /// applied.
     pub fn queue(
         &self,
         mut batch: Batch,
@@ -340,7 +352,28 @@ impl Push {
     ) -> Result<(Batch, Vec<String>), StoreError> {
         let mut keys = Vec::new();
         let now = now_millis();
-        for notice in notices {
+        // One decision per conversation, however many managers hear it.
+        let mut decided: HashMap<DocumentId, AlertDecision> = HashMap::new();
+        for mut notice in notices {
+            if let Some(member) = &notice.alert_from {
+                let decision = *decided.entry(notice.document).or_insert_with(|| {
+                    self.alerts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .decide(member, now)
+                });
+                match decision {
+                    AlertDecision::Alert => {}
+                    AlertDecision::Announce => {
+                        notice.urgency = Urgency::Normal;
+                        notice.body = format!(
+                            "{} (more reports and flags from this member will be in the inbox without notifications)",
+                            notice.body
+                        );
+                    }
+                    AlertDecision::Quiet => continue,
+                }
+            }
             if self.is_muted(&notice.recipient, &notice.document)?
                 || (self.is_open)(&notice.recipient, &notice.document)
             {
@@ -445,6 +478,7 @@ mod tests {
             title: title.into(),
             body: body.into(),
             path: recipients::post_path(&document),
+            alert_from: None,
         }
     }
 
@@ -494,6 +528,93 @@ mod tests {
         assert_eq!(kept.len(), MAX_DEVICES_PER_USER);
         assert!(!kept.contains(&endpoint_hash("https://fcm.googleapis.com/fcm/send/0")));
         assert!(kept.contains(&endpoint_hash("https://fcm.googleapis.com/fcm/send/1")));
+    }
+
+    fn subscribe_a_device(push: &Push, user: &str) {
+        use base64::Engine as _;
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            p256::SecretKey::from_slice(&[3_u8; 32])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .public_key()
+                .to_sec1_bytes(),
+        );
+        let auth = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([1_u8; 16]);
+        let endpoint = format!("https://fcm.googleapis.com/fcm/send/{user}");
+        push.subscribe(user, "s1", &endpoint, &key, &auth)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A new flag by `opener` in its own conversation `n`, as the projector
+    /// queues it, and the urgencies of what was queued for `manager`.
+    fn queue_a_new_flag(push: &Push, n: u8, opener: &str, manager: &str) -> Vec<Urgency> {
+        use crate::community::{ConversationSummary, ItemSummary, Summary};
+        let summary = Summary::Conversation(ConversationSummary {
+            kind: "flag".into(),
+            opener: opener.into(),
+            members: vec![opener.into()],
+            subject: format!("Flag {n}"),
+            created_at: 1,
+            state: "open".into(),
+            tags: Vec::new(),
+            assignee: None,
+            publish_consent: false,
+            publish_anonymous: false,
+            messages: vec![ItemSummary {
+                id: "m1".into(),
+                author: opener.into(),
+                created_at: 2,
+                deleted: false,
+                excerpt: "look at this".into(),
+            }],
+        });
+        let managers = [manager.to_string()].into_iter().collect();
+        let notices = recipients::notices(
+            DocumentId::from_bytes([n; 16]),
+            None,
+            &summary,
+            &managers,
+            &mut |user| user.to_uppercase(),
+        );
+        let (batch, _) = push
+            .queue(Batch::new(), notices)
+            .unwrap_or_else(|e| panic!("{e}"));
+        batch
+            .into_writes()
+            .into_iter()
+            .filter_map(|write| match write {
+                crate::store::Write::Put { value, .. } => {
+                    serde_json::from_slice::<Pending>(&value).ok()
+                }
+                crate::store::Write::Delete { .. } => None,
+            })
+            .filter(|pending| pending.user == manager)
+            .map(|pending| pending.urgency)
+            .collect()
+    }
+
+    #[test]
+    fn a_members_flags_past_the_hourly_limit_no_longer_alert_the_managers() {
+        let push = push();
+        subscribe_a_device(&push, "mia");
+        let limit = PushSettings::default().alerts_per_member;
+        for n in 0..limit {
+            assert_eq!(
+                queue_a_new_flag(&push, n as u8, "bob", "mia"),
+                [Urgency::High]
+            );
+        }
+        // The first one over the limit: one quiet notice that more came.
+        assert_eq!(
+            queue_a_new_flag(&push, limit as u8, "bob", "mia"),
+            [Urgency::Normal]
+        );
+        // After that, nothing: the conversations are in the inbox.
+        assert!(queue_a_new_flag(&push, limit as u8 + 1, "bob", "mia").is_empty());
+        // Another member's flag still alerts.
+        assert_eq!(
+            queue_a_new_flag(&push, limit as u8 + 2, "cy", "mia"),
+            [Urgency::High]
+        );
     }
 
     #[test]

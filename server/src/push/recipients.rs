@@ -2,7 +2,8 @@
 //! its latest durable changes: a reply on a post you wrote or replied to; a
 //! message in a conversation you read (managers read them all); a new report
 //! or flag to every manager at once; your question promoted. Never your own
-//! actions. Mutes and open documents are applied later, per recipient.
+//! actions. Mutes, open documents and each member's alert limit
+//! ([`super::alerts`]) are applied later, in [`super::Push::queue`].
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -30,6 +31,9 @@ pub struct Notice {
     pub body: String,
     /// Where the PWA opens it, relative to the public URL.
     pub path: String,
+    /// For the alert of a new report or flag: the member who opened it, so
+    /// [`crate::push::Push::queue`] can hold each member to their alert limit.
+    pub alert_from: Option<String>,
 }
 
 pub fn post_path(id: &DocumentId) -> String {
@@ -158,6 +162,7 @@ fn reply_notices(
                 ("reply", "replies"),
             ),
             path: post_path(&id),
+            alert_from: None,
         })
         .collect()
 }
@@ -198,6 +203,7 @@ fn message_notices(
                     title: format!("New {}: {}", conversation.kind, conversation.subject),
                     body: body.clone(),
                     path: conversation_path(&id),
+                    alert_from: Some(conversation.opener.clone()),
                 });
             }
         }
@@ -221,6 +227,7 @@ fn message_notices(
                     title: format!("New {}: {}", conversation.kind, conversation.subject),
                     body: format!("{} opened a conversation", name_of(&conversation.opener)),
                     path: conversation_path(&id),
+                    alert_from: None,
                 });
             }
         }
@@ -238,6 +245,7 @@ fn message_notices(
                 ("message", "messages"),
             ),
             path: conversation_path(&id),
+            alert_from: None,
         });
     }
     notices
@@ -252,6 +260,7 @@ pub fn promoted_notice(post: DocumentId, opener: &str, subject: &str) -> Notice 
         title: "Your question is now public".to_string(),
         body: format!("“{subject}” was published for the whole community"),
         path: post_path(&post),
+        alert_from: None,
     }
 }
 

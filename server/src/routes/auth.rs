@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
-use crate::auth::{AuthUser, NewAccount};
+use crate::auth::{AuthUser, NewAccount, client_address};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -15,12 +15,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn register(
+    request: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<NewAccount>,
 ) -> Result<HttpResponse, ApiError> {
     let open_signup = state.settings.open_signup;
+    let address = client_address(&request, &state.settings.trusted_proxies);
     let auth = state.auth.clone();
-    let signed_in = web::block(move || auth.register(body.into_inner(), open_signup)).await??;
+    let signed_in =
+        web::block(move || auth.register(body.into_inner(), open_signup, address)).await??;
     state.kept.user_changed(&signed_in.user.id);
     Ok(HttpResponse::Created().json(signed_in))
 }
@@ -36,7 +39,7 @@ async fn login(
     state: web::Data<AppState>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
-    let address = request.peer_addr().map(|address| address.ip());
+    let address = client_address(&request, &state.settings.trusted_proxies);
     let signed_in =
         web::block(move || state.auth.login(&body.email, &body.password, address)).await??;
     Ok(HttpResponse::Ok().json(signed_in))

@@ -191,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
             title: "A reply".into(),
             body: "Somebody answered your question.".into(),
             path: recipients::post_path(&thread),
+            alert_from: None,
         })
         .collect();
     let started = Instant::now();

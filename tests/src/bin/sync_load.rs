@@ -716,7 +716,10 @@ impl Target {
                     .arg(data_dir)
                     .current_dir(args.repo_root())
                     .env("RUST_LOG", "warn,backchannel=info")
-                    .env("NO_COLOR", "1");
+                    .env("NO_COLOR", "1")
+                    // Every simulated user signs up from 127.0.0.1.
+                    .env("BACKCHANNEL_SIGNUPS_PER_ADDRESS", "0")
+                    .env("BACKCHANNEL_PASSWORD_HASH_QUEUE", "100000");
                 ServerProc::spawn(command, "backchannel", false, detect_listening)
             }
         }
