@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use backchannel_sync::storage::{self, StorageWrite};
@@ -27,6 +27,75 @@ fn to_batch(writes: Vec<StorageWrite>) -> Batch {
         })
 }
 
+/// Whether what the store shows is durable. After a failed flush (a full
+/// disk), sled still shows the writes it applied but could not flush, so
+/// nothing may be acknowledged or loaded until a later flush succeeds.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    state: Mutex<HealthState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// Groups of acknowledged writes applied so far.
+    applied: u64,
+    /// How many of them a successful flush has made durable.
+    durable: u64,
+    /// Why the last flush failed, until one succeeds.
+    failure: Option<String>,
+}
+
+impl StoreHealth {
+    fn lock(&self) -> MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why the store is unhealthy, or `None` if it is healthy.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failure.clone()
+    }
+
+    fn is_failed(&self) -> bool {
+        self.lock().failure.is_some()
+    }
+
+    /// Counts one more group of applied writes; returns its mark.
+    fn applied(&self) -> u64 {
+        let mut state = self.lock();
+        state.applied += 1;
+        state.applied
+    }
+
+    fn flushed(&self, mark: u64, outcome: &Result<(), String>) {
+        let mut state = self.lock();
+        match outcome {
+            Ok(()) => {
+                state.durable = state.durable.max(mark);
+                state.failure = None;
+            }
+            Err(reason) => state.failure = Some(reason.clone()),
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until every write applied so far is durable, so what a read
+    /// just saw may be served. Fails at once while the store is unhealthy.
+    fn wait_durable(&self) -> Result<(), String> {
+        let mut state = self.lock();
+        let mark = state.applied;
+        loop {
+            if let Some(reason) = &state.failure {
+                return Err(format!("the store is unhealthy: {reason}"));
+            }
+            if state.durable >= mark {
+                return Ok(());
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 pub struct Flusher {
     sender: mpsc::Sender<Option<WriteJob>>,
     thread: JoinHandle<()>,
@@ -42,11 +111,11 @@ impl FlusherHandle {
 }
 
 impl Flusher {
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    pub fn start(store: Arc<dyn Store>, health: Arc<StoreHealth>) -> Self {
         let (sender, receiver) = mpsc::channel::<Option<WriteJob>>();
         let thread = std::thread::Builder::new()
             .name("sync-flusher".into())
-            .spawn(move || flush_loop(store, receiver))
+            .spawn(move || flush_loop(store, health, receiver))
             .expect("the flusher thread starts");
         Self { sender, thread }
     }
@@ -63,8 +132,14 @@ impl Flusher {
 }
 
 /// Takes every job waiting, applies each as one atomic batch, and flushes once
-/// for all of them: concurrent writers share the cost of durability.
-fn flush_loop(store: Arc<dyn Store>, receiver: mpsc::Receiver<Option<WriteJob>>) {
+/// for all of them: concurrent writers share the cost of durability. After a
+/// failed flush every acknowledged write fails until a flush succeeds again
+/// (each later batch retries it).
+fn flush_loop(
+    store: Arc<dyn Store>,
+    health: Arc<StoreHealth>,
+    receiver: mpsc::Receiver<Option<WriteJob>>,
+) {
     let mut stopping = false;
     while !stopping {
         let Ok(first) = receiver.recv() else {
@@ -77,19 +152,24 @@ fn flush_loop(store: Arc<dyn Store>, receiver: mpsc::Receiver<Option<WriteJob>>)
                 None => stopping = true,
             }
         }
+        // The mark is taken before applying, so a load that sees any of
+        // these writes waits for the flush below.
+        let acknowledging = health.is_failed() || jobs.iter().any(|job| job.done.is_some());
+        let mark = acknowledging.then(|| health.applied());
         let mut outcomes = Vec::with_capacity(jobs.len());
-        let mut needs_flush = false;
         for job in jobs {
             let applied = store
                 .apply(to_batch(job.writes))
                 .map_err(|error| error.to_string());
-            needs_flush |= job.done.is_some() && applied.is_ok();
             outcomes.push((job.done, applied));
         }
-        let flushed = if needs_flush {
-            store.flush().map_err(|error| error.to_string())
-        } else {
-            Ok(())
+        let flushed = match mark {
+            Some(mark) => {
+                let flushed = store.flush().map_err(|error| error.to_string());
+                health.flushed(mark, &flushed);
+                flushed
+            }
+            None => Ok(()),
         };
         for (done, applied) in outcomes {
             let Some((write, shard)) = done else {
@@ -112,15 +192,57 @@ fn flush_loop(store: Arc<dyn Store>, receiver: mpsc::Receiver<Option<WriteJob>>)
 
 type Job = Box<dyn FnOnce(&dyn Store) + Send>;
 
+/// Documents a load or a compaction is reading or rewriting. A compaction
+/// deletes chunks and writes a snapshot in one batch, but a prefix scan is
+/// not a snapshot of the store: a load running alongside could see neither
+/// the old chunks nor the new snapshot. So the two never overlap for one
+/// document.
+#[derive(Default)]
+struct DocumentLocks {
+    busy: Mutex<HashSet<DocumentId>>,
+    released: Condvar,
+}
+
+struct DocumentLock<'a> {
+    locks: &'a DocumentLocks,
+    document_id: DocumentId,
+}
+
+impl DocumentLocks {
+    fn lock(&self, document_id: DocumentId) -> DocumentLock<'_> {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        while !busy.insert(document_id) {
+            busy = self.released.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        DocumentLock {
+            locks: self,
+            document_id,
+        }
+    }
+}
+
+impl Drop for DocumentLock<'_> {
+    fn drop(&mut self) {
+        self.locks
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.document_id);
+        self.locks.released.notify_all();
+    }
+}
+
 /// Worker threads for loads and compactions.
 #[derive(Clone)]
 pub struct IoPool {
     jobs: mpsc::Sender<Job>,
     compacting: Arc<Mutex<HashSet<DocumentId>>>,
+    locks: Arc<DocumentLocks>,
+    health: Arc<StoreHealth>,
 }
 
 impl IoPool {
-    pub fn start(store: Arc<dyn Store>, threads: usize) -> Self {
+    pub fn start(store: Arc<dyn Store>, threads: usize, health: Arc<StoreHealth>) -> Self {
         let (jobs, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
         for index in 0..threads.max(1) {
@@ -145,13 +267,23 @@ impl IoPool {
         Self {
             jobs,
             compacting: Arc::default(),
+            locks: Arc::default(),
+            health,
         }
     }
 
-    /// Reads and rebuilds a document, then answers the shard.
+    /// Reads and rebuilds a document, then answers the shard. What it read is
+    /// served only once it is durable: while the store is unhealthy it may
+    /// show writes that never reached the disk, so the load fails.
     pub fn load(&self, document_id: DocumentId, shard: mpsc::Sender<ShardCommand>) {
+        let locks = self.locks.clone();
+        let health = self.health.clone();
         let _ = self.jobs.send(Box::new(move |store: &dyn Store| {
-            let result = read_document(store, &document_id);
+            let result = {
+                let _lock = locks.lock(document_id);
+                read_document(store, &document_id)
+            }
+            .and_then(|stored| health.wait_durable().map(|()| stored));
             if let Err(reason) = &result {
                 tracing::error!(document = %document_id, %reason, "loading a document failed");
             }
@@ -172,8 +304,16 @@ impl IoPool {
             }
         }
         let compacting = self.compacting.clone();
+        let locks = self.locks.clone();
+        let health = self.health.clone();
         let _ = self.jobs.send(Box::new(move |store: &dyn Store| {
-            let outcome = compact(store, &document_id);
+            let outcome = match health.failure() {
+                Some(reason) => Err(format!("the store is unhealthy: {reason}")),
+                None => {
+                    let _lock = locks.lock(document_id);
+                    compact(store, &document_id)
+                }
+            };
             if let Err(reason) = outcome {
                 tracing::warn!(document = %document_id, %reason, "compaction failed; will retry later");
             }
@@ -184,7 +324,6 @@ impl IoPool {
         }));
     }
 }
-
 fn read_document(
     store: &dyn Store,
     document_id: &DocumentId,
