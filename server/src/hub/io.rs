@@ -44,6 +44,8 @@ struct HealthState {
     durable: u64,
     /// Why the last flush failed, until one succeeds.
     failure: Option<String>,
+    /// The mark of the latest failed flush.
+    failed_at: u64,
 }
 
 impl StoreHealth {
@@ -72,16 +74,29 @@ impl StoreHealth {
         match outcome {
             Ok(()) => {
                 state.durable = state.durable.max(mark);
-                state.failure = None;
+                // A flush that began before a later one failed proves nothing
+                // about the writes that one left behind.
+                if mark >= state.failed_at {
+                    state.failure = None;
+                }
             }
-            Err(reason) => state.failure = Some(reason.clone()),
+            Err(reason) => {
+                state.failed_at = state.failed_at.max(mark);
+                state.failure = Some(reason.clone());
+            }
         }
         self.changed.notify_all();
     }
 
     /// Waits until every write applied so far is durable, so what a read
-    /// just saw may be served. Fails at once while the store is unhealthy.
-    fn wait_durable(&self) -> Result<(), String> {
+    /// just saw may be served. While the store is unhealthy it tries one
+    /// flush itself and fails if that fails too.
+    fn wait_durable(&self, store: &dyn Store) -> Result<(), String> {
+        if self.is_failed() {
+            let mark = self.lock().applied;
+            let flushed = store.flush().map_err(|error| error.to_string());
+            self.flushed(mark, &flushed);
+        }
         let mut state = self.lock();
         let mark = state.applied;
         loop {
@@ -283,7 +298,7 @@ impl IoPool {
                 let _lock = locks.lock(document_id);
                 read_document(store, &document_id)
             }
-            .and_then(|stored| health.wait_durable().map(|()| stored));
+            .and_then(|stored| health.wait_durable(store).map(|()| stored));
             if let Err(reason) = &result {
                 tracing::error!(document = %document_id, %reason, "loading a document failed");
             }
