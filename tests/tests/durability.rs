@@ -173,7 +173,10 @@ async fn inbox_has(hub: &SyncHub, inbox: DocumentId, conversation: DocumentId) -
         let Ok(Some((_, conversations))) = tx.get(ROOT, "conversations") else {
             return false;
         };
-        matches!(tx.get(&conversations, conversation.to_string().as_str()), Ok(Some(_)))
+        matches!(
+            tx.get(&conversations, conversation.to_string().as_str()),
+            Ok(Some(_))
+        )
     })
     .await
     .unwrap()
@@ -196,8 +199,12 @@ fn a_conversation_projected_right_before_a_stop_is_in_the_managers_inbox_after_r
     let conversation = kept::random_document_id();
     let running = rt.block_on(Running::start(store.clone()));
     store.close(storage::document_prefix(&inbox));
-    rt.block_on(running.hub.edit_durably(conversation, &member, a_conversation("help")))
-        .unwrap();
+    rt.block_on(
+        running
+            .hub
+            .edit_durably(conversation, &member, a_conversation("help")),
+    )
+    .unwrap();
     store.wait_for_a_held_scan();
     stop_then_open(&store, move || running.stop());
 
@@ -222,7 +229,9 @@ fn a_server_edit_waiting_on_a_load_is_kept_when_the_hub_stops() {
     let document = kept::random_document_id();
     let running = rt.block_on(Running::start(store.clone()));
     store.close(storage::document_prefix(&document));
-    running.hub.edit(document, "someone", a_conversation("kept"));
+    running
+        .hub
+        .edit(document, "someone", a_conversation("kept"));
     store.wait_for_a_held_scan();
     stop_then_open(&store, move || running.stop());
 
@@ -252,7 +261,10 @@ fn after_a_failed_flush_nothing_unflushed_is_loaded_until_a_flush_succeeds() {
             .hub
             .edit_durably(document, "someone", a_conversation("unflushed"))
             .await;
-        assert!(written.is_err(), "a write that was not flushed was acknowledged");
+        assert!(
+            written.is_err(),
+            "a write that was not flushed was acknowledged"
+        );
         assert!(running.hub.store_failure().is_some());
         // The store shows the applied write, but it is not durable.
         let read = running
@@ -276,4 +288,3 @@ fn after_a_failed_flush_nothing_unflushed_is_loaded_until_a_flush_succeeds() {
         running.stop();
     });
 }
-

@@ -365,3 +365,135 @@ fn compact(store: &dyn Store, document_id: &DocumentId) -> Result<(), String> {
     tracing::debug!(document = %document_id, replaced = stored.content_keys.len(), "compacted");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use automerge::transaction::Transactable;
+    use automerge::{Automerge, ROOT};
+
+    use super::*;
+    use crate::store::{Entry, MemoryStore, StoreError};
+
+    /// A store whose first prefix scan behaves like sled's (not a snapshot):
+    /// it lists the keys, yields the first, pauses until resumed, then reads
+    /// the rest as they are by then.
+    #[derive(Default)]
+    struct PausingStore {
+        inner: MemoryStore,
+        paused: Mutex<Option<bool>>,
+        changed: Condvar,
+        armed: AtomicBool,
+        applies: Mutex<usize>,
+    }
+
+    impl PausingStore {
+        fn wait_until_paused(&self) {
+            let mut paused = self.paused.lock().unwrap();
+            while *paused != Some(true) {
+                paused = self.changed.wait(paused).unwrap();
+            }
+        }
+
+        fn resume(&self) {
+            *self.paused.lock().unwrap() = Some(false);
+            self.changed.notify_all();
+        }
+
+        /// Waits (a moment at most) for one more batch to be applied.
+        fn wait_for_an_apply(&self, after: usize) {
+            let applies = self.applies.lock().unwrap();
+            let _ = self
+                .changed
+                .wait_timeout_while(applies, Duration::from_millis(300), |n| *n <= after)
+                .unwrap();
+        }
+    }
+
+    impl Store for PausingStore {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+            self.inner.put(key, value)
+        }
+        fn delete(&self, key: &[u8]) -> Result<(), StoreError> {
+            self.inner.delete(key)
+        }
+        fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+            if !self.armed.swap(false, Ordering::SeqCst) {
+                return self.inner.scan_prefix(prefix);
+            }
+            let keys: Vec<Vec<u8>> = self
+                .inner
+                .scan_prefix(prefix)?
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
+            let mut entries = Vec::new();
+            for (index, key) in keys.into_iter().enumerate() {
+                if index == 1 {
+                    let mut paused = self.paused.lock().unwrap();
+                    *paused = Some(true);
+                    self.changed.notify_all();
+                    while *paused == Some(true) {
+                        paused = self.changed.wait(paused).unwrap();
+                    }
+                }
+                if let Some(value) = self.inner.get(&key)? {
+                    entries.push((key, value));
+                }
+            }
+            Ok(entries)
+        }
+        fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+            self.inner.apply(batch)?;
+            *self.applies.lock().unwrap() += 1;
+            self.changed.notify_all();
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    /// A document stored as three change chunks.
+    fn store_three_chunks(store: &dyn Store, id: &DocumentId) {
+        let mut doc = Automerge::new();
+        let mut batch = Batch::new().put(storage::meta_key(id), b"someone".to_vec());
+        for n in 0..3_i64 {
+            let mut tx = doc.transaction();
+            tx.put(ROOT, format!("field{n}"), n).unwrap();
+            tx.commit();
+            let change = doc.get_last_local_change().unwrap().clone();
+            batch = batch.put(
+                storage::change_chunk_key(id, &change.hash()),
+                change.raw_bytes().to_vec(),
+            );
+        }
+        store.apply(batch).unwrap();
+    }
+
+    #[test]
+    fn a_load_racing_a_compaction_of_its_document_sees_every_change() {
+        let store = Arc::new(PausingStore::default());
+        let id = DocumentId::from_bytes([9; 16]);
+        store_three_chunks(store.as_ref(), &id);
+        let pool = IoPool::start(store.clone(), 2, Arc::default());
+        let (shard, answers) = mpsc::channel();
+        store.armed.store(true, Ordering::SeqCst);
+        pool.load(id, shard);
+        store.wait_until_paused();
+        let applies = *store.applies.lock().unwrap();
+        pool.compact(id);
+        store.wait_for_an_apply(applies);
+        store.resume();
+        let Ok(ShardCommand::Input(Input::Loaded { result, .. })) = answers.recv() else {
+            panic!("no load answer");
+        };
+        let stored = result.unwrap().unwrap();
+        assert_eq!(stored.doc.get_changes(&[]).len(), 3);
+    }
+}

@@ -46,7 +46,11 @@ pub fn run(
                 return;
             }
             if since.elapsed() > DRAIN_LIMIT {
-                tracing::warn!(loads = in_flight.loads, writes = in_flight.writes, "a stopping shard gave up waiting for its IO");
+                tracing::warn!(
+                    loads = in_flight.loads,
+                    writes = in_flight.writes,
+                    "a stopping shard gave up waiting for its IO"
+                );
                 return;
             }
         }

@@ -284,7 +284,6 @@ impl KeptDocs {
             let _ = thread.join();
         }
     }
-
 }
 
 /// An index entry's fields, compared to skip edits that change nothing.
