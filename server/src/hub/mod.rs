@@ -91,6 +91,7 @@ pub struct SyncHub {
     next_connection: AtomicU64,
     threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
     flusher: std::sync::Mutex<Option<io::Flusher>>,
+    health: Arc<io::StoreHealth>,
 }
 
 impl std::fmt::Debug for SyncHub {
@@ -119,8 +120,9 @@ impl SyncHub {
             })?;
         let tickets = Arc::new(EditTickets::default());
         let registry = Arc::new(Registry::default());
-        let flusher = io::Flusher::start(store.clone());
-        let pool = io::IoPool::start(store.clone(), 2);
+        let health = Arc::new(io::StoreHealth::default());
+        let flusher = io::Flusher::start(store.clone(), health.clone());
+        let pool = io::IoPool::start(store.clone(), 2, health.clone());
         let mut shards = Vec::new();
         let mut threads = Vec::new();
         for index in 0..shard_count.max(1) {
@@ -155,11 +157,18 @@ impl SyncHub {
             next_connection: AtomicU64::new(1),
             threads: std::sync::Mutex::new(threads),
             flusher: std::sync::Mutex::new(Some(flusher)),
+            health,
         })
     }
 
     pub fn identity(&self) -> &ServerIdentity {
         &self.identity
+    }
+
+    /// Why the store cannot make writes durable (its last flush failed), or
+    /// `None` while it is healthy.
+    pub fn store_failure(&self) -> Option<String> {
+        self.health.failure()
     }
 
     /// Registers a connection that sent `join`. A peer id held by another
@@ -201,10 +210,22 @@ impl SyncHub {
         creator: &str,
         apply: EditFn,
     ) -> EditResult {
+        self.edit_with_receipt(document_id, creator, apply)
+            .await
+            .unwrap_or_else(|_| Err("the sync hub stopped".to_string()))
+    }
+
+    /// Sends a server edit at once; the receipt is answered when the edit is
+    /// durable (for callers outside async code: `blocking_recv`).
+    pub fn edit_with_receipt(
+        &self,
+        document_id: DocumentId,
+        creator: &str,
+        apply: EditFn,
+    ) -> tokio::sync::oneshot::Receiver<EditResult> {
         let (ticket, done) = self.tickets.issue();
         self.send_edit(document_id, creator, apply, Some(ticket));
-        done.await
-            .unwrap_or_else(|_| Err("the sync hub stopped".to_string()))
+        done
     }
 
     /// Reads a document in its shard (`read` sees an empty document if it
@@ -317,7 +338,9 @@ impl SyncHub {
         self.registry.close_where(|_| true, reason);
     }
 
-    /// Stops the shards, then lets the flusher finish every write they issued.
+    /// Stops the shards (each first finishes its loads and writes in flight,
+    /// and so the edits waiting on them), then lets the flusher finish every
+    /// write they issued.
     pub fn shutdown(&self) {
         self.close_all("the server is shutting down");
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backchannel_sync::{Effect, Engine, Input};
 
@@ -14,6 +14,9 @@ use crate::community::{CommunityRules, Summary, SyncUser};
 
 /// How often an idle shard wakes to evict idle documents.
 const TICK: Duration = Duration::from_secs(1);
+
+/// How long a stopping shard waits for its loads and writes in flight.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 pub enum ShardCommand {
     Input(Input<SyncUser>),
@@ -35,14 +38,68 @@ pub fn run(
     inbox: mpsc::Receiver<ShardCommand>,
     context: ShardContext,
 ) {
+    let mut in_flight = InFlight::default();
+    let mut stopping: Option<Instant> = None;
     loop {
+        if let Some(since) = stopping {
+            if in_flight.is_empty() {
+                return;
+            }
+            if since.elapsed() > DRAIN_LIMIT {
+                tracing::warn!(
+                    loads = in_flight.loads,
+                    writes = in_flight.writes,
+                    "a stopping shard gave up waiting for its IO"
+                );
+                return;
+            }
+        }
         let input = match inbox.recv_timeout(TICK) {
             Ok(ShardCommand::Input(input)) => input,
-            Ok(ShardCommand::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            // Edits and messages queued behind a load or a write would be
+            // lost: keep going until every load and write is answered.
+            Ok(ShardCommand::Stop) => {
+                stopping.get_or_insert_with(Instant::now);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => Input::Tick,
         };
+        in_flight.answered(&input);
         for effect in engine.handle(input, now_millis()) {
+            in_flight.issued(&effect);
             carry_out(effect, &context);
+        }
+    }
+}
+
+/// Loads and acknowledged writes issued and not yet answered.
+#[derive(Default)]
+struct InFlight {
+    loads: usize,
+    writes: usize,
+}
+
+impl InFlight {
+    fn is_empty(&self) -> bool {
+        self.loads == 0 && self.writes == 0
+    }
+
+    fn issued(&mut self, effect: &Effect<Summary>) {
+        match effect {
+            Effect::Load { .. } => self.loads += 1,
+            Effect::Write { write: Some(_), .. } => self.writes += 1,
+            _ => {}
+        }
+    }
+
+    fn answered(&mut self, input: &Input<SyncUser>) {
+        match input {
+            Input::Loaded { .. } => self.loads = self.loads.saturating_sub(1),
+            Input::Written { .. } | Input::WriteFailed { .. } => {
+                self.writes = self.writes.saturating_sub(1);
+            }
+            _ => {}
         }
     }
 }

@@ -8,7 +8,10 @@
 //! update costs the same in a community of ten posts or ten thousand. A
 //! client change leaves a `changed/` marker in the same write as the change;
 //! the projector clears it, and a restart re-describes whatever is still
-//! marked, so a crash between the two loses no update.
+//! marked, so a crash between the two loses no update. The projector waits
+//! until its edits to the kept documents are durable before it writes the
+//! catalog entries they were derived from and clears the markers, in one
+//! write: until then a restart redoes the whole projection.
 
 pub mod catalog;
 mod edits;
@@ -175,6 +178,7 @@ impl KeptDocs {
             push,
             managers: HashSet::new(),
             names: HashMap::new(),
+            unfinished: Unfinished::default(),
         };
         let thread = std::thread::Builder::new()
             .name("kept-projector".into())
@@ -280,10 +284,6 @@ impl KeptDocs {
             let _ = thread.join();
         }
     }
-
-    fn edit(&self, id: DocumentId, apply: EditFn) {
-        self.hub.edit(id, SERVER_OWNER, apply);
-    }
 }
 
 /// An index entry's fields, compared to skip edits that change nothing.
@@ -320,6 +320,22 @@ struct Projector {
     push: Arc<Push>,
     managers: HashSet<String>,
     names: HashMap<String, String>,
+    unfinished: Unfinished,
+}
+
+/// How many inputs the projector handles before it waits for their edits.
+const PROJECT_AT_ONCE: usize = 256;
+
+/// Projections whose edits are sent but not yet durable: what to store (and
+/// which markers to clear) once they are.
+#[derive(Default)]
+struct Unfinished {
+    edits: Vec<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    batch: Batch,
+    markers: Vec<DocumentId>,
+    queued: Vec<String>,
+    /// Catalog entries in `batch`, newer than the stored ones.
+    catalog: HashMap<DocumentId, Summary>,
 }
 
 impl Projector {
@@ -338,15 +354,83 @@ impl Projector {
                 tracing::error!(%error, user = %user.id, "could not rebuild an inbox");
             }
         }
-        while let Ok(input) = feed.recv() {
-            let outcome = match input {
-                ProjectorInput::Summary(id, summary) => self.on_summary(id, summary),
-                ProjectorInput::UserChanged(user_id) => self.on_user_changed(&user_id),
-                ProjectorInput::Stop => return,
-            };
-            if let Err(error) = outcome {
-                tracing::error!(%error, "could not update the server-kept documents");
+        self.finish();
+        while let Ok(first) = feed.recv() {
+            let mut stop = false;
+            let inputs = std::iter::once(first).chain(feed.try_iter().take(PROJECT_AT_ONCE));
+            for input in inputs {
+                let outcome = match input {
+                    ProjectorInput::Summary(id, summary) => self.on_summary(id, summary),
+                    ProjectorInput::UserChanged(user_id) => {
+                        self.finish();
+                        let outcome = self.on_user_changed(&user_id);
+                        self.finish();
+                        outcome
+                    }
+                    ProjectorInput::Stop => {
+                        stop = true;
+                        break;
+                    }
+                };
+                if let Err(error) = outcome {
+                    tracing::error!(%error, "could not update the server-kept documents");
+                }
             }
+            self.finish();
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Sends a server edit to a kept document; [`Self::finish`] waits for it.
+    fn edit(&mut self, id: DocumentId, apply: EditFn) {
+        let receipt = self.kept.hub.edit_with_receipt(id, SERVER_OWNER, apply);
+        self.unfinished.edits.push(receipt);
+    }
+
+    /// Waits until the edits sent are durable, then stores the catalog
+    /// entries and notifications they came from and clears their documents'
+    /// markers, in one write. If an edit failed, nothing is stored: the
+    /// markers stay, and a restart (or the document's next change, diffed
+    /// against the older catalog entry) projects it again.
+    fn finish(&mut self) {
+        let unfinished = std::mem::take(&mut self.unfinished);
+        let mut failure = None;
+        for receipt in unfinished.edits {
+            if let Err(reason) = receipt
+                .blocking_recv()
+                .unwrap_or_else(|_| Err("the sync hub stopped".to_string()))
+            {
+                failure = Some(reason);
+            }
+        }
+        if let Some(reason) = failure {
+            tracing::error!(%reason, "an edit to a server-kept document failed; it is redone after a restart");
+            return;
+        }
+        let batch = unfinished
+            .markers
+            .iter()
+            .fold(unfinished.batch, |batch, id| {
+                batch.delete(changed_key(id).into_bytes())
+            });
+        if batch.is_empty() {
+            return;
+        }
+        let store = self.kept.store.clone();
+        let stored = store.apply(batch).and_then(|()| {
+            if unfinished.queued.is_empty() {
+                Ok(())
+            } else {
+                // Stored before sent, durably: a crash after a send must not
+                // lose the record of what is still to be sent.
+                store.flush()
+            }
+        });
+        match stored {
+            Ok(()) => self.push.wake(unfinished.queued),
+            Err(error) => tracing::error!(%error, "could not store the projected catalog"),
         }
     }
 
@@ -365,22 +449,22 @@ impl Projector {
 
     fn on_summary(&mut self, id: DocumentId, summary: Summary) -> Result<(), StoreError> {
         let store = self.kept.store.clone();
-        let old = catalog::get(store.as_ref(), &id)?;
+        let old = match self.unfinished.catalog.get(&id) {
+            Some(newer) => Some(newer.clone()),
+            None => catalog::get(store.as_ref(), &id)?,
+        };
         // The notifications go in the same write as the catalog entry they
         // were derived from: a crash loses or repeats neither.
         let managers = self.managers.clone();
         let notices = recipients::notices(id, old.as_ref(), &summary, &managers, &mut |user| {
             self.name_of(user)
         });
-        let batch = catalog::put_in(Batch::new(), &id, &summary)?;
+        let batch = catalog::put_in(std::mem::take(&mut self.unfinished.batch), &id, &summary)?;
         let (batch, queued) = self.push.queue(batch, notices)?;
-        store.apply(batch)?;
-        if !queued.is_empty() {
-            // Stored before sent, durably: a crash after a send must not
-            // lose the record of what is still to be sent.
-            store.flush()?;
-        }
-        self.push.wake(queued);
+        self.unfinished.batch = batch;
+        self.unfinished.queued.extend(queued);
+        self.unfinished.catalog.insert(id, summary.clone());
+        self.unfinished.markers.push(id);
         match (&summary, old) {
             (Summary::Post(post), old) => {
                 let old = match old {
@@ -397,7 +481,7 @@ impl Projector {
                 self.project_conversation(id, conversation, old.as_ref())?;
             }
         }
-        store.delete(changed_key(&id).as_bytes())
+        Ok(())
     }
 
     fn project_post(
@@ -414,7 +498,7 @@ impl Projector {
                 old.is_published() && index_entry(old, self.name_of(&old.author)) == entry
             });
             if !unchanged {
-                self.kept.edit(
+                self.edit(
                     index,
                     Box::new(move |tx| {
                         let posts = index_base(tx)?;
@@ -423,7 +507,7 @@ impl Projector {
                 );
             }
         } else if old.is_none_or(PostSummary::is_published) {
-            self.kept.edit(
+            self.edit(
                 index,
                 Box::new(move |tx| {
                     let posts = index_base(tx)?;
@@ -466,7 +550,7 @@ impl Projector {
     }
 
     fn set_inbox_entry(
-        &self,
+        &mut self,
         user_id: &str,
         conversation: DocumentId,
         entry: Option<Vec<(&'static str, Field)>>,
@@ -474,7 +558,7 @@ impl Projector {
         let inbox = self.kept.inbox_id(user_id)?;
         let owner = user_id.to_string();
         let key = conversation.to_string();
-        self.kept.edit(
+        self.edit(
             inbox,
             Box::new(move |tx| {
                 let conversations = inbox_base(tx, &owner)?;
@@ -507,7 +591,7 @@ impl Projector {
             ("role", Field::Text(role_name(user.role).to_string())),
         ];
         let key = user.id.clone();
-        self.kept.edit(
+        self.edit(
             directory,
             Box::new(move |tx| {
                 let users = directory_base(tx)?;
@@ -543,7 +627,9 @@ impl Projector {
                 self.set_inbox_entry(&user.id, id, reads.then(|| inbox_entry(conversation)))?;
             }
         }
-        store.put(key.as_bytes(), reach)
+        let batch = std::mem::take(&mut self.unfinished.batch);
+        self.unfinished.batch = batch.put(key.into_bytes(), reach.to_vec());
+        Ok(())
     }
 }
 
