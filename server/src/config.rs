@@ -98,6 +98,10 @@ pub struct Limits {
     pub sync_messages_per_second: u32,
     /// Messages a connection may send at once (a reconnect resyncs every open document).
     pub sync_burst: u32,
+    /// Live `/sync` sockets one user may hold (devices and tabs), joined or not.
+    pub sync_connections_per_user: usize,
+    /// Live `/sync` sockets from one client address (see `trusted_proxies`).
+    pub sync_connections_per_address: usize,
 }
 
 impl Default for Limits {
@@ -109,7 +113,7 @@ impl Default for Limits {
             login_window: Duration::from_secs(15 * 60),
             login_backoff_base: Duration::from_secs(1),
             login_backoff_max: Duration::from_secs(5 * 60),
-            signups_per_address: 10,
+            signups_per_address: 100,
             signup_window: Duration::from_secs(60 * 60),
             password_hash_queue: 64,
             access_token_ttl: Duration::from_secs(15 * 60),
@@ -117,6 +121,8 @@ impl Default for Limits {
             sync_message_bytes: 8 * 1024 * 1024,
             sync_messages_per_second: 500,
             sync_burst: 2_000,
+            sync_connections_per_user: 32,
+            sync_connections_per_address: 4_096,
         }
     }
 }

@@ -68,6 +68,12 @@ struct ServeArgs {
     /// Sign-ups allowed per client address per hour (0: no limit).
     #[arg(long, env = "BACKCHANNEL_SIGNUPS_PER_ADDRESS", default_value_t = Limits::default().signups_per_address)]
     signups_per_address: usize,
+    /// Live /sync connections one user may hold at once, joined or not (0: no limit).
+    #[arg(long, env = "BACKCHANNEL_SYNC_CONNECTIONS_PER_USER", default_value_t = Limits::default().sync_connections_per_user)]
+    sync_connections_per_user: usize,
+    /// Live /sync connections from one client address (0: no limit).
+    #[arg(long, env = "BACKCHANNEL_SYNC_CONNECTIONS_PER_ADDRESS", default_value_t = Limits::default().sync_connections_per_address)]
+    sync_connections_per_address: usize,
     /// Password checks that may wait for a hashing thread before logins and sign-ups get 503.
     #[arg(long, env = "BACKCHANNEL_PASSWORD_HASH_QUEUE", default_value_t = Limits::default().password_hash_queue)]
     password_hash_queue: usize,
@@ -147,6 +153,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits {
             signups_per_address: args.signups_per_address,
             password_hash_queue: args.password_hash_queue,
+            sync_connections_per_user: args.sync_connections_per_user,
+            sync_connections_per_address: args.sync_connections_per_address,
             ..Limits::default()
         },
         push: PushSettings {

@@ -88,11 +88,22 @@ impl Auth {
     /// user as stored now (not as the token remembers them).
     pub fn authenticate(&self, access_token: &str) -> Result<Principal, AuthError> {
         let claims = self.keys.verify(access_token, TokenKind::Access)?;
-        let session = self.load_session(&claims.sid)?;
-        if session.revoked || session.expires_at <= now_millis() || session.user_id != claims.sub {
+        self.session_principal(&claims.sid, &claims.sub)
+    }
+
+    /// Who holds a live session now: the stored account (with its current
+    /// role) if the session still lives, for a long-lived connection to check
+    /// again when it starts acting (a sync `join`), not only at its upgrade.
+    pub fn session_principal(
+        &self,
+        session_id: &str,
+        user_id: &str,
+    ) -> Result<Principal, AuthError> {
+        let session = self.load_session(session_id)?;
+        if session.revoked || session.expires_at <= now_millis() || session.user_id != user_id {
             return Err(AuthError::SessionRevoked);
         }
-        let user = self.user(&claims.sub).map_err(|error| match error {
+        let user = self.user(user_id).map_err(|error| match error {
             AuthError::UserNotFound => AuthError::SessionRevoked,
             other => other,
         })?;

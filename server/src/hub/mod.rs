@@ -38,7 +38,7 @@ use registry::Registry;
 /// How recently a client must have synced a document for it to count as
 /// open on screen (push notifications about it are then skipped).
 pub const OPEN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-pub use registry::{JoinRefused, Outbound, OutboundQueue};
+pub use registry::{JoinRefused, Outbound, OutboundQueue, SocketCaps, SocketId, TooManySockets};
 
 const STORAGE_ID_KEY: &[u8] = b"server/storage-id";
 
@@ -169,6 +169,23 @@ impl SyncHub {
     /// `None` while it is healthy.
     pub fn store_failure(&self) -> Option<String> {
         self.health.failure()
+    }
+
+    /// Admits an upgraded socket before it joins, so that ending its session
+    /// or changing its user's role closes it even before `join`.
+    pub fn admit(
+        &self,
+        user: &SyncUser,
+        address: std::net::IpAddr,
+        close: tokio::sync::mpsc::UnboundedSender<String>,
+        caps: SocketCaps,
+    ) -> Result<SocketId, TooManySockets> {
+        self.registry.admit(user, address, close, caps)
+    }
+
+    /// The socket's task ended.
+    pub fn release(&self, socket: SocketId) {
+        self.registry.release(socket);
     }
 
     /// Registers a connection that sent `join`. A peer id held by another

@@ -2,6 +2,7 @@
 //! which peer id.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,34 @@ const MAX_OPEN_PER_CONNECTION: usize = 4_096;
 #[error("peer id {0} is in use by another user's connection")]
 pub struct JoinRefused(pub String);
 
+/// One upgraded `/sync` socket, joined or not: a logout or a role change
+/// must reach a socket that has not sent `join` yet too, or it would keep
+/// the rights it was upgraded with.
+struct Socket {
+    user: SyncUser,
+    address: IpAddr,
+    close: mpsc::UnboundedSender<String>,
+}
+
+/// Identifies an admitted socket until [`Registry::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SocketId(u64);
+
+/// How many sockets one user and one address may hold at once.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketCaps {
+    pub per_user: usize,
+    pub per_address: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TooManySockets {
+    #[error("this account already has {0} live sync connections; close a tab or device first")]
+    User(usize),
+    #[error("this address already has {0} live sync connections")]
+    Address(usize),
+}
+
 struct Live {
     connection: Arc<Connection<SyncUser>>,
     queue: OutboundQueue,
@@ -53,6 +82,8 @@ struct Inner {
     /// Which live connections of a user have a document open, and when each
     /// last showed it was active.
     open: HashMap<(String, DocumentId), HashMap<ConnectionId, Instant>>,
+    sockets: HashMap<SocketId, Socket>,
+    next_socket: u64,
 }
 
 impl Inner {
@@ -73,6 +104,51 @@ impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Every update below leaves the maps consistent before it can panic.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits an upgraded socket of `user` from `address`, within `caps`.
+    /// From now on closes for its user or session reach it, before `join`.
+    pub fn admit(
+        &self,
+        user: &SyncUser,
+        address: IpAddr,
+        close: mpsc::UnboundedSender<String>,
+        caps: SocketCaps,
+    ) -> Result<SocketId, TooManySockets> {
+        let mut inner = self.lock();
+        let of_user = inner
+            .sockets
+            .values()
+            .filter(|s| s.user.id == user.id)
+            .count();
+        // 0 means no limit.
+        if caps.per_user != 0 && of_user >= caps.per_user {
+            return Err(TooManySockets::User(of_user));
+        }
+        let of_address = inner
+            .sockets
+            .values()
+            .filter(|s| s.address == address)
+            .count();
+        if caps.per_address != 0 && of_address >= caps.per_address {
+            return Err(TooManySockets::Address(of_address));
+        }
+        let id = SocketId(inner.next_socket);
+        inner.next_socket += 1;
+        inner.sockets.insert(
+            id,
+            Socket {
+                user: user.clone(),
+                address,
+                close,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The socket ended (its task is done).
+    pub fn release(&self, socket: SocketId) {
+        self.lock().sockets.remove(&socket);
     }
 
     /// Registers `connection`; returns the connection it replaced, if any.
@@ -183,10 +259,11 @@ impl Registry {
         }
     }
 
+    /// Closes every admitted socket, joined or not, whose user matches.
     pub fn close_where(&self, matches: impl Fn(&SyncUser) -> bool, reason: &str) {
-        for live in self.lock().connections.values() {
-            if matches(&live.connection.user) {
-                let _ = live.queue.close.send(reason.to_string());
+        for socket in self.lock().sockets.values() {
+            if matches(&socket.user) {
+                let _ = socket.close.send(reason.to_string());
             }
         }
     }

@@ -17,11 +17,13 @@ use backchannel_sync::{Connection, DocumentId, DocumentMessage, Message};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::auth::{AuthError, Principal};
+use actix_web::http::StatusCode;
+
+use crate::auth::{Auth, AuthError, client_address};
 use crate::community::SyncUser;
 use crate::config::Limits;
 use crate::error::ApiError;
-use crate::hub::{Outbound, SyncHub};
+use crate::hub::{Outbound, SocketCaps, SocketId, SyncHub};
 use crate::state::AppState;
 
 /// Frames queued for one client before it counts as too slow.
@@ -47,6 +49,32 @@ async fn upgrade(
 ) -> Result<HttpResponse, ApiError> {
     let token = query.token.as_deref().ok_or(AuthError::MissingToken)?;
     let principal = state.auth.authenticate(token)?;
+    let user = SyncUser {
+        id: principal.user.id,
+        role: principal.user.role,
+        session_id: principal.session_id,
+    };
+    let (close, close_rx) = mpsc::unbounded_channel();
+    let limits = &state.settings.limits;
+    let caps = SocketCaps {
+        per_user: limits.sync_connections_per_user,
+        per_address: limits.sync_connections_per_address,
+    };
+    let address = client_address(&request, &state.settings.trusted_proxies);
+    let socket = state
+        .hub
+        .admit(&user, address, close.clone(), caps)
+        .map_err(|refused| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                refused.to_string(),
+            )
+        })?;
+    let admitted = Admitted {
+        hub: state.hub.clone(),
+        socket,
+    };
     let (response, session, stream) = actix_ws::handle(&request, body).map_err(|error| {
         ApiError::bad_request(
             "websocket_required",
@@ -58,10 +86,10 @@ async fn upgrade(
         .max_frame_size(limit)
         .aggregate_continuations()
         .max_continuation_size(limit);
-    let hub = state.hub.clone();
     let limits = state.settings.limits.clone();
+    let auth = state.auth.clone();
     actix_web::rt::spawn(async move {
-        let (task, inbox) = ConnectionTask::new(hub, principal, limits);
+        let (task, inbox) = ConnectionTask::new(admitted, auth, user, limits, (close, close_rx));
         task.run(inbox, session, stream).await;
     });
     Ok(response)
@@ -72,8 +100,23 @@ const OPEN_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Documents a connection keeps report times for.
 const MAX_DOCUMENTS_SEEN: usize = 4_096;
 
+/// An admitted socket, released when dropped (the task ended, or the
+/// upgrade failed before it started).
+struct Admitted {
+    hub: Arc<SyncHub>,
+    socket: SocketId,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.hub.release(self.socket);
+    }
+}
+
 struct ConnectionTask {
     hub: Arc<SyncHub>,
+    _admitted: Admitted,
+    auth: Arc<Auth>,
     user: SyncUser,
     joined: Option<Arc<Connection<SyncUser>>>,
     /// Documents already reported open to the hub (for push: a person
@@ -99,16 +142,22 @@ enum Next {
 }
 
 impl ConnectionTask {
-    fn new(hub: Arc<SyncHub>, principal: Principal, limits: Limits) -> (Self, Inbox) {
+    fn new(
+        admitted: Admitted,
+        auth: Arc<Auth>,
+        user: SyncUser,
+        limits: Limits,
+        (close, close_rx): (
+            mpsc::UnboundedSender<String>,
+            mpsc::UnboundedReceiver<String>,
+        ),
+    ) -> (Self, Inbox) {
         let (frames, frames_rx) = mpsc::channel(OUTBOUND_FRAMES);
-        let (close, close_rx) = mpsc::unbounded_channel();
         let task = Self {
-            hub,
-            user: SyncUser {
-                id: principal.user.id,
-                role: principal.user.role,
-                session_id: principal.session_id,
-            },
+            hub: admitted.hub.clone(),
+            _admitted: admitted,
+            auth,
+            user,
             joined: None,
             documents_seen: HashMap::new(),
             flood: FloodGuard::new(&limits),
@@ -274,6 +323,21 @@ impl ConnectionTask {
             Ok(reply) => reply,
             Err(error) => return Next::Reply(error.encode()),
         };
+        // The socket was upgraded with the rights of that moment; the session
+        // may have ended or the role changed since, so read both again.
+        match self
+            .auth
+            .session_principal(&self.user.session_id, &self.user.id)
+        {
+            Ok(principal) => self.user.role = principal.user.role,
+            Err(AuthError::Store(error)) => {
+                tracing::error!(%error, "checking a session at join failed");
+                return Next::End(Some(
+                    "the server could not check this session; reconnect".into(),
+                ));
+            }
+            Err(_) => return Next::End(Some(AuthError::SessionRevoked.to_string())),
+        }
         let metadata = join.peer_metadata.unwrap_or_default();
         let joined = self.hub.join(
             join.sender_id,

@@ -240,6 +240,8 @@ export async function startBackchannelServer({
       NO_COLOR: "1",
       BACKCHANNEL_SIGNUPS_PER_ADDRESS: "0",
       BACKCHANNEL_PASSWORD_HASH_QUEUE: "100000",
+      // Every test client connects from 127.0.0.1.
+      BACKCHANNEL_SYNC_CONNECTIONS_PER_ADDRESS: "0",
       ...env,
     },
   })

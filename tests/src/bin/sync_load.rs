@@ -719,7 +719,8 @@ impl Target {
                     .env("NO_COLOR", "1")
                     // Every simulated user signs up from 127.0.0.1.
                     .env("BACKCHANNEL_SIGNUPS_PER_ADDRESS", "0")
-                    .env("BACKCHANNEL_PASSWORD_HASH_QUEUE", "100000");
+                    .env("BACKCHANNEL_PASSWORD_HASH_QUEUE", "100000")
+                    .env("BACKCHANNEL_SYNC_CONNECTIONS_PER_ADDRESS", "0");
                 ServerProc::spawn(command, "backchannel", false, detect_listening)
             }
         }
