@@ -12,6 +12,7 @@ import path from "node:path"
 import { chromium } from "playwright-core"
 
 import { REPO_ROOT, startBackchannelServer } from "../lib/servers.mjs"
+import { deliverPushUntilShown } from "../lib/browser-push.mjs"
 import { closeAll, connect, newPost, signUp, tempDir, waitUntilServerAcked } from "../lib/people.mjs"
 
 const BINARY = process.env.BACKCHANNEL_BIN
@@ -75,24 +76,18 @@ describe("the installable shell", () => {
 
   test("a push becomes a notification with its title, text, thread tag and link", async () => {
     await context.grantPermissions(["notifications"], { origin: server.httpUrl })
-    const cdp = await context.newCDPSession(page)
-    const registrations = new Promise(resolve => cdp.on("ServiceWorker.workerRegistrationUpdated", resolve))
-    await cdp.send("ServiceWorker.enable")
-    const { registrations: [registration] } = await registrations
     const payload = { title: "Reply on “Meetup venue”", body: "Bob: in the library", url: `${server.httpUrl}/#/post/abc`, tag: "abc" }
-    await cdp.send("ServiceWorker.deliverPushMessage", {
-      origin: server.httpUrl + "/",
-      registrationId: registration.registrationId,
-      data: JSON.stringify(payload),
+    const shown = await deliverPushUntilShown({
+      context,
+      page,
+      origin: server.httpUrl,
+      payload,
+      readShown: () =>
+        page.evaluate(async () => {
+          const notifications = await (await navigator.serviceWorker.ready).getNotifications()
+          return notifications.map(n => ({ title: n.title, body: n.body, tag: n.tag, url: n.data?.url }))
+        }),
     })
-    let shown = []
-    for (let tries = 0; tries < 300 && shown.length === 0; tries += 1) {
-      shown = await page.evaluate(async () => {
-        const notifications = await (await navigator.serviceWorker.ready).getNotifications()
-        return notifications.map(n => ({ title: n.title, body: n.body, tag: n.tag, url: n.data?.url }))
-      })
-      if (shown.length === 0) await new Promise(resolve => setTimeout(resolve, 50))
-    }
     assert.deepEqual(shown, [{ title: payload.title, body: payload.body, tag: "abc", url: payload.url }])
   })
 })

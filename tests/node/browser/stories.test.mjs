@@ -13,6 +13,7 @@ import { chromium } from "playwright-core"
 
 import { REPO_ROOT } from "../lib/servers.mjs"
 import { PASSWORD, startCommunity } from "../lib/community.mjs"
+import { deliverPushUntilShown } from "../lib/browser-push.mjs"
 
 const BINARY = process.env.BACKCHANNEL_BIN
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium"
@@ -428,24 +429,24 @@ describe("notifications", () => {
       await ada.page.getByRole("link", { name: "Community" }).click()
       await controlled(ada.page)
       await ada.context.grantPermissions(["notifications"], { origin: community.server.httpUrl })
-      const cdp = await ada.context.newCDPSession(ada.page)
-      const registrations = new Promise(resolve => cdp.on("ServiceWorker.workerRegistrationUpdated", resolve))
-      await cdp.send("ServiceWorker.enable")
-      const { registrations: [registration] } = await registrations
       const payload = { title: "Reply on “Notified thread”", body: "Bob: hello", url: `${community.server.httpUrl}/#/post/${post}`, tag: post }
-      await cdp.send("ServiceWorker.deliverPushMessage", { origin: community.server.httpUrl + "/", registrationId: registration.registrationId, data: JSON.stringify(payload) })
-
-      const [worker] = ada.context.serviceWorkers()
-      assert.ok(worker, "the app's service worker runs")
-      let shown = []
-      for (let tries = 0; tries < 300 && shown.length === 0; tries += 1) {
-        shown = await worker.evaluate(async () => (await self.registration.getNotifications()).map(n => ({ title: n.title, tag: n.tag })))
-        if (shown.length === 0) await new Promise(resolve => setTimeout(resolve, 50))
+      const worker = () => {
+        const [running] = ada.context.serviceWorkers()
+        assert.ok(running, "the app's service worker runs")
+        return running
       }
+      const shown = await deliverPushUntilShown({
+        context: ada.context,
+        page: ada.page,
+        origin: community.server.httpUrl,
+        payload,
+        readShown: () =>
+          ada.page.evaluate(async () => (await (await navigator.serviceWorker.ready).getNotifications()).map(n => ({ title: n.title, tag: n.tag }))),
+      })
       assert.deepEqual(shown, [{ title: payload.title, tag: post }])
       // Headless Chromium has no notification to tap: dispatch the click the
       // platform would, with the notification the worker showed.
-      await worker.evaluate(async () => {
+      await worker().evaluate(async () => {
         const [notification] = await self.registration.getNotifications()
         self.dispatchEvent(new NotificationEvent("notificationclick", { notification }))
       })
