@@ -44,7 +44,7 @@ struct Socket {
     close: mpsc::UnboundedSender<String>,
 }
 
-/// Identifies an admitted socket until [`Registry::release`].
+/// Identifies an admitted socket until the registry releases it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SocketId(u64);
 
