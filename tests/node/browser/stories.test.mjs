@@ -418,6 +418,82 @@ describe("refusals", () => {
       await bob.context.close()
     }
   })
+  test("words written with a refused change are kept as not sent, and can be sent again", async () => {
+    const ada = await phone()
+    const bob = await phone()
+    const honest = "An honest reply, written on the bus."
+    const forged = "Words put in Ned's mouth."
+    try {
+      await signUp(ada.page, "Mia")
+      const post = await publish(ada.page, "Kept words", "Nothing typed is lost")
+      await signUp(bob.page, "Ned")
+      await bob.page.goto(`${community.server.httpUrl}/#/post/${post}`)
+      await reply(bob.page, "Ned's own words.")
+      await replies(ada.page).getByText("Ned's own words.").waitFor({ timeout: 15_000 })
+      await stored(ada.page)
+
+      // Offline, Mia writes an honest reply and (a buggy client on the same
+      // device) rewrites Ned's: both go out in one sync message, which the
+      // server refuses whole.
+      await ada.context.setOffline(true)
+      await ada.page.getByRole("status").filter({ hasText: "Offline" }).waitFor()
+      await reply(ada.page, honest)
+      await replies(ada.page).getByText(honest).waitFor()
+      await ada.page.evaluate(({ id, forged }) => {
+        window.repo.handles[id].change(doc => {
+          const theirs = doc.replies.find(r => String(r.body) === "Ned's own words.")
+          theirs.body = forged
+        })
+      }, { id: post, forged })
+      await ada.context.setOffline(false)
+
+      const banner = ada.page.getByRole("alert").filter({ hasText: "The server refused a change to “Kept words”" })
+      await banner.waitFor({ timeout: 15_000 })
+      const rule = /: (rule [\w-]+)/.exec(await banner.innerText())?.[1]
+      assert.ok(rule, "the banner names the rule")
+      assert.match(await banner.innerText(), /Not sent/)
+      // After the restart the thread shows the server's copy, and what Mia
+      // wrote that it does not have is listed as not sent.
+      const notSent = ada.page.getByRole("list", { name: "Not sent" })
+      const kept = notSent.getByRole("textbox", { name: "Your reply, not sent" })
+      await kept.waitFor({ timeout: 15_000 })
+      assert.equal(await kept.inputValue(), honest)
+      assert.ok((await notSent.innerText()).includes(rule), "the not-sent list names the rule")
+      // The rewrite of Ned's words cannot be sent again, but its text is shown.
+      const rewrite = notSent.getByRole("listitem").filter({ hasText: forged })
+      await rewrite.waitFor()
+      assert.equal(await rewrite.getByRole("button", { name: "Send again" }).count(), 0)
+      await replies(ada.page).getByText("Ned's own words.").waitFor({ timeout: 15_000 })
+      assert.equal(await replies(ada.page).getByText(honest).count(), 0)
+      await stored(ada.page)
+      assert.equal(await replies(bob.page).getByText(honest).count(), 0, "the honest reply was refused with the rewrite")
+
+      // Kept on the device: still there after another reload, and editable.
+      await ada.page.reload()
+      await kept.waitFor({ timeout: 15_000 })
+      assert.equal(await kept.inputValue(), honest)
+      await kept.fill(`${honest} Edited.`)
+      await notSent.getByRole("listitem").filter({ has: kept }).getByRole("button", { name: "Send again" }).click()
+
+      await replies(bob.page).getByText(`${honest} Edited.`).waitFor({ timeout: 15_000 })
+      await replies(ada.page).getByText(`${honest} Edited.`).waitFor({ timeout: 15_000 })
+      await stored(ada.page)
+      assert.equal(await kept.count(), 0)
+      await rewrite.getByRole("button", { name: "Discard" }).click()
+      await notSent.waitFor({ state: "hidden" })
+      assert.equal(await replies(bob.page).getByText(forged).count(), 0)
+      assert.equal(await bob.page.getByText(forged).count(), 0)
+      // The connection still syncs both ways.
+      await reply(bob.page, "Got it.")
+      await replies(ada.page).getByText("Got it.").waitFor({ timeout: 15_000 })
+      await ada.page.reload()
+      await replies(ada.page).getByText("Got it.").waitFor({ timeout: 15_000 })
+      assert.equal(await ada.page.getByRole("list", { name: "Not sent" }).count(), 0)
+    } finally {
+      await ada.context.close()
+      await bob.context.close()
+    }
+  })
 })
 
 describe("notifications", () => {
