@@ -113,3 +113,32 @@ impl DocFacts {
         self.members.iter().any(|member| member == user_id)
     }
 }
+
+/// The longest text each field may hold, in characters (Unicode scalar
+/// values, so at most four bytes each). Titles and subjects are copied into
+/// the index and every manager's inbox, which everyone downloads; the other
+/// limits keep one document's download bounded. Values in docs/RULES.md.
+pub mod limits {
+    /// A post's `title`, a conversation's `subject`.
+    pub const TITLE_CHARS: usize = 200;
+    /// A post's `body`, a reply's or a message's `body`.
+    pub const BODY_CHARS: usize = 20_000;
+    /// A reply's or a message's `id`, and every user or document id a
+    /// document names (`author`, `opener`, `members`, `assignee`, `about`).
+    pub const ID_CHARS: usize = 64;
+    /// One of a conversation's `tags`.
+    pub const TAG_CHARS: usize = 40;
+    /// How many `tags` a conversation has.
+    pub const TAGS: usize = 20;
+    /// How many `members` a conversation has.
+    pub const MEMBERS: usize = 50;
+}
+
+/// `text` cut to at most `max` characters (what the server copies into the
+/// documents it keeps, whatever an older document holds).
+pub fn clipped(mut text: String, max: usize) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(max) {
+        text.truncate(cut);
+    }
+    text
+}

@@ -6,7 +6,7 @@ use automerge::ROOT;
 use serde::{Deserialize, Serialize};
 
 use super::fields::At;
-use super::schema::{DocFacts, DocType};
+use super::schema::{DocFacts, DocType, clipped, limits};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -113,8 +113,11 @@ fn items(at: At<'_>, list: &str) -> Vec<ItemSummary> {
                 String::new()
             };
             ItemSummary {
-                id: at.text(&item, "id").unwrap_or_default(),
-                author: at.text(&item, "author").unwrap_or_default(),
+                id: clipped(at.text(&item, "id").unwrap_or_default(), limits::ID_CHARS),
+                author: clipped(
+                    at.text(&item, "author").unwrap_or_default(),
+                    limits::ID_CHARS,
+                ),
                 created_at: at.millis(&item, "created_at").unwrap_or_default(),
                 deleted,
                 excerpt,
@@ -130,7 +133,10 @@ pub fn summarize(at: At<'_>) -> Option<Summary> {
         DocType::Post => Some(Summary::Post(PostSummary {
             author: facts.author.unwrap_or_default(),
             status: at.text(&ROOT, "status").unwrap_or_default(),
-            title: at.text(&ROOT, "title").unwrap_or_default(),
+            title: clipped(
+                at.text(&ROOT, "title").unwrap_or_default(),
+                limits::TITLE_CHARS,
+            ),
             created_at: at.millis(&ROOT, "created_at").unwrap_or_default(),
             anonymous: at.boolean(&ROOT, "anonymous").unwrap_or(false),
             locked: facts.locked,
@@ -148,11 +154,22 @@ pub fn summarize(at: At<'_>) -> Option<Summary> {
                 kind: at.text(&ROOT, "kind").unwrap_or_default(),
                 opener: facts.opener.unwrap_or_default(),
                 members: facts.members,
-                subject: at.text(&ROOT, "subject").unwrap_or_default(),
+                subject: clipped(
+                    at.text(&ROOT, "subject").unwrap_or_default(),
+                    limits::TITLE_CHARS,
+                ),
                 created_at: at.millis(&ROOT, "created_at").unwrap_or_default(),
                 state: at.text(&ROOT, "state").unwrap_or_default(),
-                tags: at.text_list(&ROOT, "tags").unwrap_or_default(),
-                assignee: at.text(&ROOT, "assignee"),
+                tags: at
+                    .text_list(&ROOT, "tags")
+                    .unwrap_or_default()
+                    .into_iter()
+                    .take(limits::TAGS)
+                    .map(|tag| clipped(tag, limits::TAG_CHARS))
+                    .collect(),
+                assignee: at
+                    .text(&ROOT, "assignee")
+                    .map(|id| clipped(id, limits::ID_CHARS)),
                 publish_consent: flag("consent"),
                 publish_anonymous: flag("anonymous"),
                 messages: items(at, "messages"),

@@ -421,6 +421,60 @@ fn a_replys_author_or_a_manager_marks_it_deleted_but_no_one_else() {
 }
 
 #[test]
+fn a_replys_author_deletes_and_restores_it_but_not_after_a_manager_deleted_it() {
+    let mut scene = published_post_by(&ada());
+    scene.write(&bob(), reply(&scene, "bob")).unwrap();
+    let reply_ = scene.item("replies", 0);
+    let (a, b, c, d) = (
+        reply_.clone(),
+        reply_.clone(),
+        reply_.clone(),
+        reply_.clone(),
+    );
+    scene
+        .write(&bob(), move |tx| tx.put(&a, "deleted", true).unwrap())
+        .unwrap();
+    scene
+        .write(&bob(), move |tx| tx.put(&b, "deleted", false).unwrap())
+        .unwrap();
+    scene
+        .write(&meg(), move |tx| tx.put(&c, "deleted", true).unwrap())
+        .unwrap();
+    assert_refused(
+        scene.write(&bob(), move |tx| tx.put(&d, "deleted", false).unwrap()),
+        "team-deleted",
+    );
+    let restore = reply_.clone();
+    scene
+        .write(&meg(), move |tx| {
+            tx.put(&restore, "deleted", false).unwrap()
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_restore_made_without_seeing_a_managers_deletion_does_not_win_over_it() {
+    let mut scene = published_post_by(&ada());
+    scene.write(&bob(), reply(&scene, "bob")).unwrap();
+    let reply_ = scene.item("replies", 0);
+    let before_deletion = scene.doc.get_heads();
+    let deleted = reply_.clone();
+    scene
+        .write(&meg(), move |tx| tx.put(&deleted, "deleted", true).unwrap())
+        .unwrap();
+    // The highest actor id wins a conflict between ops of the same counter.
+    let winning_actor = ActorId::from([0xff_u8; 16]);
+    let restore = reply_.clone();
+    assert_refused(
+        scene.write_at(&bob(), &before_deletion, winning_actor, move |tx| {
+            tx.put(&restore, "deleted", false).unwrap()
+        }),
+        "team-deleted",
+    );
+    assert_eq!(At::now(&scene.doc).boolean(&reply_, "deleted"), Some(true));
+}
+
+#[test]
 fn replies_are_never_deleted_from_the_list() {
     let mut scene = published_post_by(&ada());
     scene.write(&bob(), reply(&scene, "bob")).unwrap();
@@ -912,4 +966,85 @@ fn a_drafts_author_cannot_slip_someone_elses_reply_into_it() {
         }),
         "own-name-only",
     );
+}
+
+#[test]
+fn a_title_longer_than_200_characters_is_refused_and_200_are_kept() {
+    let mut scene = published_post_by(&ada());
+    let longest = "é".repeat(200);
+    scene
+        .write(&ada(), move |tx| text(tx, &ROOT, "title", &longest))
+        .unwrap();
+    let too_long = "é".repeat(201);
+    assert_refused(
+        scene.write(&ada(), move |tx| text(tx, &ROOT, "title", &too_long)),
+        "too-long",
+    );
+}
+
+#[test]
+fn a_new_post_with_an_oversized_body_is_refused() {
+    let mut scene = Scene::new(&ada());
+    assert_refused(
+        scene.write(&ada(), |tx| {
+            new_post(tx, "ada", "published");
+            text(tx, &ROOT, "body", &"x".repeat(20_001));
+        }),
+        "too-long",
+    );
+}
+
+#[test]
+fn a_reply_body_grown_past_20000_characters_is_refused() {
+    let mut scene = published_post_by(&ada());
+    scene.write(&bob(), reply(&scene, "bob")).unwrap();
+    let reply_ = scene.item("replies", 0);
+    assert_refused(
+        scene.write(&bob(), move |tx| {
+            text(tx, &reply_, "body", &"x".repeat(20_001))
+        }),
+        "too-long",
+    );
+}
+
+#[test]
+fn a_conversation_holds_at_most_20_tags_of_40_characters() {
+    let mut scene = conversation_opened_by(&ada());
+    let tags = scene.list("tags");
+    let long_tag = tags.clone();
+    assert_refused(
+        scene.write(&meg(), move |tx| {
+            text_in_list(tx, &long_tag, 0, &"t".repeat(41))
+        }),
+        "too-long",
+    );
+    let many = tags.clone();
+    scene
+        .write(&meg(), move |tx| {
+            for index in 0..20 {
+                text_in_list(tx, &many, index, "needs-help");
+            }
+        })
+        .unwrap();
+    assert_refused(
+        scene.write(&meg(), move |tx| text_in_list(tx, &tags, 20, "one-more")),
+        "too-many",
+    );
+}
+
+#[test]
+fn what_the_server_copies_into_the_index_is_clipped_to_the_limits() {
+    let mut scene = Scene::new(&ada());
+    scene
+        .write(&ada(), |tx| new_post(tx, "ada", "published"))
+        .unwrap();
+    // A document written before the limits existed.
+    let mut tx = scene.doc.transaction();
+    text(&mut tx, &ROOT, "title", &"t".repeat(5_000));
+    tx.commit();
+    let Some(super::summary::Summary::Post(post)) = super::summary::summarize(At::now(&scene.doc))
+    else {
+        panic!("a post summary");
+    };
+    assert_eq!(post.title.chars().count(), 200);
 }

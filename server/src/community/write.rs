@@ -25,7 +25,9 @@ use backchannel_sync::Refusal;
 use super::SyncUser;
 use super::actors::{ActorBindings, ClaimError, SERVER_OWNER};
 use super::fields::At;
-use super::schema::{CONVERSATION_KINDS, CONVERSATION_STATES, DocFacts, DocType, PostStatus};
+use super::schema::{
+    CONVERSATION_KINDS, CONVERSATION_STATES, DocFacts, DocType, PostStatus, limits,
+};
 use crate::auth::Role;
 
 const POST_FIELDS: [&str; 10] = [
@@ -78,6 +80,13 @@ const FACT_FIELDS: [&str; 7] = [
 fn sorted(mut heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
     heads.sort();
     heads
+}
+
+fn team_deleted() -> Refusal {
+    refuse(
+        "team-deleted",
+        "a reply a manager deleted is restored by a manager only",
+    )
 }
 
 fn refuse(rule: &str, detail: impl std::fmt::Display) -> Refusal {
@@ -376,7 +385,12 @@ impl WriteCheck<'_> {
                         touched.reply_bodies.push(reply);
                         Ok(())
                     }
-                    "deleted" if is_reply_author || self.is_manager() => {
+                    "deleted" if self.is_manager() => {
+                        touched.reply_flags.push(reply);
+                        Ok(())
+                    }
+                    "deleted" if is_reply_author => {
+                        self.keeps_team_deletion(op)?;
                         touched.reply_flags.push(reply);
                         Ok(())
                     }
@@ -392,6 +406,32 @@ impl WriteCheck<'_> {
                 }
             }
         }
+    }
+
+    /// An author deletes their own reply and may restore it, but a reply a
+    /// manager deleted stays deleted until a manager restores it.
+    fn keeps_team_deletion(&self, op: &legacy::Op) -> Result<(), Refusal> {
+        let deletes = matches!(
+            &op.action,
+            legacy::OpType::Put(automerge::ScalarValue::Boolean(true))
+        );
+        if deletes {
+            return Ok(());
+        }
+        for pred in op.pred.iter() {
+            if !self.is_own_actor(pred.actor())? {
+                return Err(team_deleted());
+            }
+        }
+        Ok(())
+    }
+
+    fn is_own_actor(&self, actor: &ActorId) -> Result<bool, Refusal> {
+        let owner = self
+            .actors
+            .owner(actor)
+            .map_err(|error| refuse("others-words", error))?;
+        Ok(owner.as_deref() == Some(self.user.id.as_str()))
     }
 
     fn judge_conversation_op(
@@ -470,6 +510,29 @@ impl WriteCheck<'_> {
         Ok(())
     }
 
+    /// A change made without seeing a manager's deletion must not win over it
+    /// in the merge (op ids decide a conflict, and a client picks its own).
+    fn no_concurrent_team_deletion(&self, after: At<'_>, reply: &ObjId) -> Result<(), Refusal> {
+        let values = match after.heads {
+            Some(heads) => after.doc.get_all_at(reply, "deleted", heads),
+            None => after.doc.get_all(reply, "deleted"),
+        }
+        .unwrap_or_default();
+        for (value, id) in values {
+            let is_true = matches!(
+                &value,
+                automerge::Value::Scalar(scalar)
+                    if matches!(scalar.as_ref(), automerge::ScalarValue::Boolean(true))
+            );
+            if let (true, ObjId::Id(_, actor, _)) = (is_true, &id)
+                && !self.is_own_actor(actor)?
+            {
+                return Err(team_deleted());
+            }
+        }
+        Ok(())
+    }
+
     /// The values a change left in the fields it touched, read after it.
     fn validate_touched(
         &self,
@@ -488,20 +551,24 @@ impl WriteCheck<'_> {
             }
         }
         for reply in &touched.reply_bodies {
-            if after.text(reply, "body").is_none() {
-                return Err(refuse("invalid-value", "a reply's `body` is text"));
-            }
+            let body = after
+                .text(reply, "body")
+                .ok_or_else(|| refuse("invalid-value", "a reply's `body` is text"))?;
+            within(&body, limits::BODY_CHARS, "a reply's `body`")?;
         }
         for reply in &touched.reply_flags {
             if after.get(reply, "deleted").is_some() && after.boolean(reply, "deleted").is_none() {
                 return Err(refuse("invalid-value", "a reply's `deleted` is a boolean"));
+            }
+            if !self.is_manager() && after.boolean(reply, "deleted") != Some(true) {
+                self.no_concurrent_team_deletion(after, reply)?;
             }
         }
         for field in &touched.root {
             match (doc_type, field.as_str()) {
                 (DocType::Post, "status") => self.validate_status_move(facts, after)?,
                 (DocType::Post, "title" | "body") | (DocType::Conversation, "subject") => {
-                    require(after.text(&ROOT, field.as_str()).is_some(), field, "text")?
+                    root_text(after, field)?;
                 }
                 (DocType::Post, "locked" | "anonymous") => require(
                     after.get(&ROOT, field.as_str()).is_none()
@@ -530,17 +597,10 @@ impl WriteCheck<'_> {
                     field,
                     "open or resolved",
                 )?,
-                (DocType::Conversation, "tags" | "members") => require(
-                    after.text_list(&ROOT, field.as_str()).is_some(),
-                    field,
-                    "a list of text",
-                )?,
-                (DocType::Conversation, "assignee") => require(
-                    after.get(&ROOT, "assignee").is_none()
-                        || after.text(&ROOT, "assignee").is_some(),
-                    field,
-                    "a user id",
-                )?,
+                (DocType::Conversation, "tags" | "members") => {
+                    bounded_list(after, field)?;
+                }
+                (DocType::Conversation, "assignee") => optional_id(after, &ROOT, "assignee")?,
                 (DocType::Conversation, "publish") => valid_publish(after)?,
                 _ => {}
             }
@@ -600,21 +660,21 @@ impl WriteCheck<'_> {
                 format!("a {what}'s `author` must be the user who writes it"),
             ));
         }
-        if after.text(item, "id").is_none_or(|id| id.is_empty()) {
-            return Err(refuse("invalid-value", format!("a {what} needs an `id`")));
-        }
+        let id = after
+            .text(item, "id")
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| refuse("invalid-value", format!("a {what} needs an `id`")))?;
+        within(&id, limits::ID_CHARS, &format!("a {what}'s `id`"))?;
         if after.number(item, "created_at").is_none() {
             return Err(refuse(
                 "invalid-value",
                 format!("a {what}'s `created_at` is a number"),
             ));
         }
-        if after.text(item, "body").is_none() {
-            return Err(refuse(
-                "invalid-value",
-                format!("a {what}'s `body` is text"),
-            ));
-        }
+        let body = after
+            .text(item, "body")
+            .ok_or_else(|| refuse("invalid-value", format!("a {what}'s `body` is text")))?;
+        within(&body, limits::BODY_CHARS, &format!("a {what}'s `body`"))?;
         if after.get(item, "deleted").is_some() && after.boolean(item, "deleted").is_none() {
             return Err(refuse(
                 "invalid-value",
@@ -662,8 +722,8 @@ impl WriteCheck<'_> {
                     "status",
                     "draft or published",
                 )?;
-                require(after.text(&ROOT, "title").is_some(), "title", "text")?;
-                require(after.text(&ROOT, "body").is_some(), "body", "text")?;
+                root_text(after, "title")?;
+                root_text(after, "body")?;
                 for field in ["locked", "anonymous"] {
                     require(
                         after.get(&ROOT, field).is_none() || after.boolean(&ROOT, field).is_some(),
@@ -695,7 +755,7 @@ impl WriteCheck<'_> {
                 )?;
                 let members = after.text_list(&ROOT, "members");
                 if self.is_manager() {
-                    require(members.is_some(), "members", "a list of user ids")?;
+                    bounded_list(after, "members")?;
                 } else {
                     require(
                         members == Some(vec![self.user.id.clone()]),
@@ -703,7 +763,7 @@ impl WriteCheck<'_> {
                         "just its opener (only a manager opens a conversation with others)",
                     )?;
                 }
-                require(after.text(&ROOT, "subject").is_some(), "subject", "text")?;
+                root_text(after, "subject")?;
                 require(
                     after.number(&ROOT, "created_at").is_some(),
                     "created_at",
@@ -717,13 +777,8 @@ impl WriteCheck<'_> {
                         "state",
                         "open or resolved",
                     )?;
-                    require(tags.is_some(), "tags", "a list of text")?;
-                    require(
-                        after.get(&ROOT, "assignee").is_none()
-                            || after.text(&ROOT, "assignee").is_some(),
-                        "assignee",
-                        "a user id",
-                    )?;
+                    bounded_list(after, "tags")?;
+                    optional_id(after, &ROOT, "assignee")?;
                 } else {
                     require(state.as_deref() == Some("open"), "state", "open")?;
                     require(tags == Some(Vec::new()), "tags", "empty (managers tag)")?;
@@ -739,11 +794,11 @@ impl WriteCheck<'_> {
                         .ok_or_else(|| refuse("invalid-value", "`about` is a map"))?;
                     for key in after.keys(&about) {
                         require(
-                            matches!(key.as_str(), "post" | "user")
-                                && after.text(&about, key.as_str()).is_some(),
+                            matches!(key.as_str(), "post" | "user"),
                             "about",
                             "{post?, user?} ids",
                         )?;
+                        optional_id(after, &about, key.as_str())?;
                     }
                 }
                 if after.get(&ROOT, "publish").is_some() {
@@ -812,6 +867,63 @@ fn require(ok: bool, field: &str, expected: &str) -> Result<(), Refusal> {
             format!("`{field}` must be {expected}"),
         ))
     }
+}
+
+/// Refuses text longer than `max` characters.
+fn within(text: &str, max: usize, what: &str) -> Result<(), Refusal> {
+    if text.chars().count() > max {
+        return Err(refuse(
+            "too-long",
+            format!("{what} is at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A root text field (`title`, `body`, `subject`) within its length.
+fn root_text(after: At<'_>, field: &str) -> Result<(), Refusal> {
+    let text = after
+        .text(&ROOT, field)
+        .ok_or_else(|| refuse("invalid-value", format!("`{field}` must be text")))?;
+    let max = if field == "body" {
+        limits::BODY_CHARS
+    } else {
+        limits::TITLE_CHARS
+    };
+    within(&text, max, &format!("`{field}`"))
+}
+
+/// An absent field or an id within its length.
+fn optional_id(after: At<'_>, obj: &ObjId, field: &str) -> Result<(), Refusal> {
+    if after.get(obj, field).is_none() {
+        return Ok(());
+    }
+    let id = after
+        .text(obj, field)
+        .ok_or_else(|| refuse("invalid-value", format!("`{field}` must be an id")))?;
+    within(&id, limits::ID_CHARS, &format!("`{field}`"))
+}
+
+/// A conversation's `tags` or `members`: a list of short texts, not too many.
+fn bounded_list(after: At<'_>, field: &str) -> Result<(), Refusal> {
+    let (count, chars) = if field == "tags" {
+        (limits::TAGS, limits::TAG_CHARS)
+    } else {
+        (limits::MEMBERS, limits::ID_CHARS)
+    };
+    let entries = after
+        .text_list(&ROOT, field)
+        .ok_or_else(|| refuse("invalid-value", format!("`{field}` must be a list of text")))?;
+    if entries.len() > count {
+        return Err(refuse(
+            "too-many",
+            format!("`{field}` holds at most {count} entries"),
+        ));
+    }
+    for entry in &entries {
+        within(entry, chars, &format!("each of `{field}`"))?;
+    }
+    Ok(())
 }
 
 fn valid_publish(after: At<'_>) -> Result<(), Refusal> {
