@@ -7,7 +7,7 @@ use backchannel_sync::DocumentId;
 use serde::Deserialize;
 
 use super::team::require_manager;
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, Role};
 use crate::community::{At, DocFacts, DocType};
 use crate::error::ApiError;
 use crate::kept::{self, catalog};
@@ -84,6 +84,27 @@ fn promoted_body(question: &Question) -> String {
     body
 }
 
+/// Who wrote in the conversation besides its opener and the managers: their
+/// words are theirs to publish, not the opener's, so they block promotion.
+async fn others_who_spoke(state: &AppState, question: &Question) -> Result<Vec<String>, ApiError> {
+    let mut speakers: Vec<String> = question
+        .messages
+        .iter()
+        .map(|(author, _)| author.clone())
+        .filter(|author| *author != question.opener)
+        .collect();
+    speakers.sort();
+    speakers.dedup();
+    let auth = state.auth.clone();
+    Ok(web::block(move || {
+        speakers
+            .into_iter()
+            .filter(|id| !matches!(auth.user(id), Ok(user) if user.role == Role::Manager))
+            .collect()
+    })
+    .await?)
+}
+
 async fn promote(
     state: web::Data<AppState>,
     AuthUser(principal): AuthUser,
@@ -109,6 +130,16 @@ async fn promote(
         return Err(ApiError::conflict(
             "no_consent",
             "the opener has not agreed to publish this conversation",
+        ));
+    }
+    let others = others_who_spoke(&state, &question).await?;
+    if !others.is_empty() {
+        return Err(ApiError::conflict(
+            "others_have_spoken",
+            format!(
+                "only the opener's and the team's words are published, and {} other people wrote in this conversation",
+                others.len()
+            ),
         ));
     }
     let author = if question.anonymous {

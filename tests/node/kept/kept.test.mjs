@@ -200,6 +200,53 @@ describe("documents the server keeps", () => {
     assert.equal(listed.posts[post.documentId].author_name, "Anonymous")
   })
 
+  test("promotion is refused where someone besides the opener and the team wrote", async () => {
+    const ada = await signUp(server.httpUrl, "Ada")
+    const bob = await signUp(server.httpUrl, "Bob")
+    const adaRepo = track(await connect(server, ada))
+    const bobRepo = track(await connect(server, bob))
+    const megRepo = track(await connect(server, meg))
+    const conversation = newConversation(adaRepo, ada, { subject: "Shared worry", body: "Both of us saw it." })
+    await waitUntilServerAcked(adaRepo, conversation)
+    const megsCopy = await megRepo.find(conversation.url)
+    megsCopy.change(doc => {
+      doc.members.push(bob.user.id)
+    })
+    await waitUntilServerAcked(megRepo, megsCopy)
+    const bobsCopy = await bobRepo.find(conversation.url)
+    sendMessage(bobsCopy, bob, "Bob's own private words.")
+    await waitUntilServerAcked(bobRepo, bobsCopy)
+    await waitForDoc(conversation, doc => doc.messages.length === 2, { what: "Bob's message on Ada's device" })
+    conversation.change(doc => {
+      doc.publish = { consent: true, anonymous: false }
+    })
+    await waitUntilServerAcked(adaRepo, conversation)
+
+    const refused = await api(server.httpUrl, meg.access_token).post(`/api/conversations/${conversation.documentId}/promote`)
+    assert.equal(refused.status, 409, refused.text)
+    assert.equal(refused.body.error.code, "others_have_spoken")
+  })
+
+  test("a conversation a manager opened is not published with the member's words on the manager's consent", async () => {
+    const ada = await signUp(server.httpUrl, "Ada")
+    const adaRepo = track(await connect(server, ada))
+    const megRepo = track(await connect(server, meg))
+    const conversation = newConversation(megRepo, meg, { kind: "direct", subject: "About your post", body: "Could we talk?", members: [meg.user.id, ada.user.id] })
+    await waitUntilServerAcked(megRepo, conversation)
+    const adasCopy = await adaRepo.find(conversation.url)
+    sendMessage(adasCopy, ada, "Something I only tell the team.")
+    await waitUntilServerAcked(adaRepo, adasCopy)
+    await waitForDoc(conversation, doc => doc.messages.length === 2, { what: "Ada's message on Meg's device" })
+    conversation.change(doc => {
+      doc.publish = { consent: true, anonymous: false }
+    })
+    await waitUntilServerAcked(megRepo, conversation)
+
+    const refused = await api(server.httpUrl, meg.access_token).post(`/api/conversations/${conversation.documentId}/promote`)
+    assert.equal(refused.status, 409, refused.text)
+    assert.equal(refused.body.error.code, "others_have_spoken")
+  })
+
   test("needs and weekly figures count what happened", async () => {
     const ada = await signUp(server.httpUrl, "Ada")
     const adaRepo = track(await connect(server, ada))
