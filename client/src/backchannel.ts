@@ -9,6 +9,7 @@ import { chronological, itemId, KIND_NAMES, newConversation, type ConversationDo
 import { muteButton } from "./settings";
 import { openOrExplain, type Screen } from "./screen";
 import { bindText, button, h, labelled, notice, textOf, when } from "./ui";
+import { notSent } from "./unsent";
 
 export interface TeamMember {
   id: string;
@@ -199,7 +200,7 @@ export async function conversation(screen: Screen, id: string): Promise<void> {
     if (community.isManager() && !teamControls.contains(document.activeElement)) drawTeamControls(screen, teamControls, handle, members);
   };
   screen.follow(handle, draw);
-  screen.view.replaceChildren(subject, meta, h("div", { className: "actions" }, await muteButton(screen, id, textOf(handle.doc()?.subject))), messages, form, consentBox, teamControls);
+  screen.view.replaceChildren(subject, meta, h("div", { className: "actions" }, await muteButton(screen, id, textOf(handle.doc()?.subject))), messages, notSent(screen, { id, handle: handle as DocHandle<unknown>, landed: item => (handle.doc()?.messages ?? []).some(message => textOf(message.id) === item) }), form, consentBox, teamControls);
 }
 
 /**

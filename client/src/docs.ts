@@ -55,6 +55,10 @@ export interface DraftItem {
   title?: string;
   body: string;
   updated_at: number;
+  /** A "Not sent" item (unsent.ts): the rule the server named, what it was, its id in the refused copy. */
+  rule?: string;
+  what?: string;
+  item_id?: string;
 }
 
 export interface DraftsDoc {

@@ -260,6 +260,9 @@ function showRefusal(): void {
     "div",
     { role: "alert", className: "card refusal" },
     h("p", {}, `The server refused a change to “${refusal.title}”: ${refusal.rule}. This device now shows what the server has.`),
+    refusal.kept
+      ? h("p", {}, `What you wrote there that the server never stored is kept under “Not sent”: edit it and send it again, or discard it.`)
+      : null,
     button("Dismiss", () => banner.remove()),
   );
   root.before(banner);

@@ -8,6 +8,7 @@ import { chronological, itemId, newPost, type PostDoc } from "./docs";
 import { muteButton } from "./settings";
 import { openOrExplain, type Screen } from "./screen";
 import { bindText, button, h, labelled, notice, textOf, timeText, when } from "./ui";
+import { notSent } from "./unsent";
 
 export function feed(screen: Screen): void {
   const { community } = screen;
@@ -46,7 +47,7 @@ export function feed(screen: Screen): void {
   screen.follow(community.index, draw);
   screen.follow(community.index, drawDrafts);
   screen.follow(community.drafts, drawDrafts);
-  screen.view.replaceChildren(h("div", { className: "heading" }, h("h2", {}, "Community"), h("a", { href: "#/new-post", className: "button" }, "New post")), list, draftsSection);
+  screen.view.replaceChildren(h("div", { className: "heading" }, h("h2", {}, "Community"), h("a", { href: "#/new-post", className: "button" }, "New post")), notSent(screen), list, draftsSection);
 }
 
 function draftTitle(screen: Screen, id: string): string {
@@ -139,6 +140,7 @@ export async function thread(screen: Screen, id: string): Promise<void> {
     h("div", { className: "actions" }, h("a", { href: `#/flag/${id}`, className: "button secondary" }, "Flag this conversation"), await muteButton(screen, id, textOf(post.doc()?.title)), managerTools),
     h("h3", {}, "Replies"),
     replies,
+    notSent(screen, { id, handle: post as DocHandle<unknown>, landed: item => (post.doc()?.replies ?? []).some(reply => textOf(reply.id) === item) }),
     form,
   );
 }

@@ -11,6 +11,7 @@ import { getAllChanges, getChanges, hasHeads, view } from "@automerge/automerge/
 import { accessToken, currentToken, refresh, tokenIsFresh, type User } from "./api";
 import type { DirectoryDoc, DocId, DraftsDoc, InboxDoc, IndexDoc } from "./docs";
 import { writeText, type TypingJournal } from "./ui";
+import { unsentItem, unsentKey, unsentWords } from "./unsent";
 
 interface JournalEntry {
   documentId: DocId;
@@ -38,6 +39,8 @@ export interface Refusal {
   rule: string;
   /** What the document was called, for telling the person. */
   title: string;
+  /** How many pieces of text were kept as "Not sent" (unsent.ts). */
+  kept: number;
 }
 
 const REFUSAL = /^refused change to (\w+): ([\s\S]*)$/;
@@ -108,6 +111,8 @@ export class Community implements TypingJournal {
   #lastSessionCheck = 0;
   #closed = false;
   status: SyncStatus = { state: "connecting", waiting: 0 };
+  /** When this page's copy started (a refusal restarts the page). */
+  readonly startedAt = Date.now();
 
   constructor(readonly user: User) {
     // Saved to IndexedDB within 20 ms of a keystroke, and at once when the
@@ -308,11 +313,15 @@ export class Community implements TypingJournal {
     this.#refusalListeners.add(listener);
   }
 
+  #refusing = new Set<DocId>();
+
   /**
    * The server refused a change to a document and closed the connection.
    * The stock client would offer the same change again on every reconnect,
    * so this device's copy (the refused change with it) is dropped and the
-   * server's copy fetched again.
+   * server's copy fetched again. The server refuses a sync message whole, so
+   * what else this device wrote there and the server does not have is kept
+   * first, as "Not sent" items in the drafts document.
    */
   async #refused(text: string): Promise<void> {
     const match = REFUSAL.exec(text);
@@ -321,9 +330,12 @@ export class Community implements TypingJournal {
     // The server closes this connection next: documents looked up from now
     // on wait for the next one.
     this.#serverPeer = null;
+    if (this.#refusing.has(documentId)) return;
+    this.#refusing.add(documentId);
     const handle = this.repo.handles[documentId as never] as DocHandle<{ title?: unknown; subject?: unknown }> | undefined;
     const doc = handle?.isReady() ? handle.doc() : undefined;
     const title = String(doc?.title ?? doc?.subject ?? "") || "a document";
+    const kept = await this.#keepUnsent(documentId, rule, title);
     this.forget(documentId, []);
     localStorage.setItem(`${this.#ackedKey}.pending`, JSON.stringify(this.#pendingAtStart().filter(id => id !== documentId)));
     delete this.#acked[documentId];
@@ -342,8 +354,38 @@ export class Community implements TypingJournal {
         });
       }
     }
-    for (const listener of this.#refusalListeners) listener({ documentId, rule, title });
+    this.#refusing.delete(documentId);
+    for (const listener of this.#refusalListeners) listener({ documentId, rule, title, kept });
     this.#scheduleStatus();
+  }
+
+  /**
+   * Copies what this device's copy of `documentId` holds and the server's
+   * does not (the copy at the heads the server last confirmed) into the
+   * drafts document, saved before the copy is dropped. Returns how many.
+   */
+  async #keepUnsent(documentId: DocId, rule: string, title: string): Promise<number> {
+    try {
+      const handle = this.repo.handles[documentId as never] as DocHandle<Record<string, unknown>> | undefined;
+      const doc = handle?.isReady() ? handle.doc() : undefined;
+      if (!handle || !doc || !this.drafts?.isReady() || documentId === this.drafts.documentId) return 0;
+      const storageId = this.#storageId;
+      const serverHeads = (storageId && handle.getSyncInfo(storageId as never)?.lastHeads) || this.#acked[documentId];
+      // Heads of the server's this device has not received yet cannot be
+      // viewed; the rest still mark what the server has.
+      const known = serverHeads ? decodeHeads(serverHeads).filter(head => hasHeads(doc, [head])) : [];
+      const base = known.length ? (view(doc, known) as Record<string, unknown>) : undefined;
+      const words = unsentWords(doc, base, this.user.id, id => this.nameOf(id));
+      if (!words.length) return 0;
+      this.drafts.change(drafts => {
+        for (const found of words) drafts.items[unsentKey()] = unsentItem(found, documentId, title, rule);
+      });
+      await this.repo.flush([this.drafts.documentId]).catch(() => undefined);
+      return words.length;
+    } catch (error) {
+      console.warn("could not keep the words of a refused change", error);
+      return 0;
+    }
   }
 
   /** The text of drafts item `key` was sent: the item and its journal go. */

@@ -423,6 +423,17 @@ describe("refusals", () => {
     const bob = await phone()
     const honest = "An honest reply, written on the bus."
     const forged = "Words put in Ned's mouth."
+    // Emulated offline leaves an open WebSocket open: Mia's sync sockets go
+    // through a route that really cuts them while she is offline.
+    let cut = false
+    const open = new Set()
+    await ada.page.routeWebSocket(/\/sync/, ws => {
+      if (cut) return void ws.close()
+      ws.connectToServer()
+      open.add(ws)
+    })
+    // The route takes effect from the next load.
+    await ada.page.reload()
     try {
       await signUp(ada.page, "Mia")
       const post = await publish(ada.page, "Kept words", "Nothing typed is lost")
@@ -435,7 +446,10 @@ describe("refusals", () => {
       // Offline, Mia writes an honest reply and (a buggy client on the same
       // device) rewrites Ned's: both go out in one sync message, which the
       // server refuses whole.
+      cut = true
       await ada.context.setOffline(true)
+      for (const ws of open) await ws.close()
+      open.clear()
       await ada.page.getByRole("status").filter({ hasText: "Offline" }).waitFor()
       await reply(ada.page, honest)
       await replies(ada.page).getByText(honest).waitFor()
@@ -445,6 +459,8 @@ describe("refusals", () => {
           theirs.body = forged
         })
       }, { id: post, forged })
+      await ada.page.getByRole("status").filter({ hasText: /changes? waits? on this device/ }).waitFor()
+      cut = false
       await ada.context.setOffline(false)
 
       const banner = ada.page.getByRole("alert").filter({ hasText: "The server refused a change to “Kept words”" })
@@ -473,7 +489,7 @@ describe("refusals", () => {
       await kept.waitFor({ timeout: 15_000 })
       assert.equal(await kept.inputValue(), honest)
       await kept.fill(`${honest} Edited.`)
-      await notSent.getByRole("listitem").filter({ has: kept }).getByRole("button", { name: "Send again" }).click()
+      await notSent.getByRole("listitem").filter({ has: ada.page.getByRole("textbox", { name: "Your reply, not sent" }) }).getByRole("button", { name: "Send again" }).click()
 
       await replies(bob.page).getByText(`${honest} Edited.`).waitFor({ timeout: 15_000 })
       await replies(ada.page).getByText(`${honest} Edited.`).waitFor({ timeout: 15_000 })
