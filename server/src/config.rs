@@ -98,6 +98,17 @@ pub struct Limits {
     pub sync_messages_per_second: u32,
     /// Messages a connection may send at once (a reconnect resyncs every open document).
     pub sync_burst: u32,
+    /// Sustained bytes per second per connection before it is slowed (and,
+    /// if it keeps on, closed as a flood).
+    pub sync_bytes_per_second: usize,
+    /// Bytes of one connection's messages that may wait for the shards; past
+    /// it the connection is not read until they are taken in.
+    pub sync_inbound_bytes: usize,
+    /// Bytes queued for one client before it counts as too slow and is closed.
+    pub sync_outbound_bytes: usize,
+    /// How long one frame may wait to be written to a client that stopped
+    /// reading before the connection is closed.
+    pub sync_send_timeout: Duration,
     /// Live `/sync` sockets one user may hold (devices and tabs), joined or not.
     pub sync_connections_per_user: usize,
     /// Live `/sync` sockets from one client address (see `trusted_proxies`).
@@ -121,6 +132,10 @@ impl Default for Limits {
             sync_message_bytes: 8 * 1024 * 1024,
             sync_messages_per_second: 500,
             sync_burst: 2_000,
+            sync_bytes_per_second: 4 * 1024 * 1024,
+            sync_inbound_bytes: 16 * 1024 * 1024,
+            sync_outbound_bytes: 16 * 1024 * 1024,
+            sync_send_timeout: Duration::from_secs(30),
             sync_connections_per_user: 32,
             sync_connections_per_address: 4_096,
         }

@@ -71,6 +71,15 @@ struct ServeArgs {
     /// Live /sync connections one user may hold at once, joined or not (0: no limit).
     #[arg(long, env = "BACKCHANNEL_SYNC_CONNECTIONS_PER_USER", default_value_t = Limits::default().sync_connections_per_user)]
     sync_connections_per_user: usize,
+    /// Bytes queued for one sync client before it counts as too slow and is closed.
+    #[arg(long, env = "BACKCHANNEL_SYNC_OUTBOUND_BYTES", default_value_t = Limits::default().sync_outbound_bytes)]
+    sync_outbound_bytes: usize,
+    /// Seconds one frame may wait for a sync client that stopped reading before it is closed.
+    #[arg(long, env = "BACKCHANNEL_SYNC_SEND_TIMEOUT_SECS", default_value_t = Limits::default().sync_send_timeout.as_secs())]
+    sync_send_timeout_secs: u64,
+    /// Bytes of one sync connection's messages that may wait to be processed before it is read no further.
+    #[arg(long, env = "BACKCHANNEL_SYNC_INBOUND_BYTES", default_value_t = Limits::default().sync_inbound_bytes)]
+    sync_inbound_bytes: usize,
     /// Live /sync connections from one client address (0: no limit).
     #[arg(long, env = "BACKCHANNEL_SYNC_CONNECTIONS_PER_ADDRESS", default_value_t = Limits::default().sync_connections_per_address)]
     sync_connections_per_address: usize,
@@ -155,6 +164,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             password_hash_queue: args.password_hash_queue,
             sync_connections_per_user: args.sync_connections_per_user,
             sync_connections_per_address: args.sync_connections_per_address,
+            sync_outbound_bytes: args.sync_outbound_bytes,
+            sync_send_timeout: std::time::Duration::from_secs(args.sync_send_timeout_secs.max(1)),
+            sync_inbound_bytes: args.sync_inbound_bytes,
             ..Limits::default()
         },
         push: PushSettings {

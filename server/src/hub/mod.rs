@@ -42,6 +42,7 @@ pub use registry::{JoinRefused, Outbound, OutboundQueue, SocketCaps, SocketId, T
 
 const STORAGE_ID_KEY: &[u8] = b"server/storage-id";
 
+pub use shard::InboundPermit;
 use shard::ShardCommand;
 
 /// Told each document's summary after durable changes (whatever derives
@@ -297,12 +298,21 @@ impl SyncHub {
     }
 
     /// Hands a document message to the shard that owns the document.
-    pub fn route(&self, connection: Arc<Connection<SyncUser>>, message: DocumentMessage) {
+    /// Hands a client's message to its document's shard; `permit` holds the
+    /// message's bytes against the connection's inbound budget until the
+    /// engine has taken it in.
+    pub fn route(
+        &self,
+        connection: Arc<Connection<SyncUser>>,
+        message: DocumentMessage,
+        permit: InboundPermit,
+    ) {
         let shard = self.shard_for(message.document_id());
-        let _ = self.shards[shard].send(ShardCommand::Input(Input::Message {
+        let input = Input::Message {
             connection,
             message,
-        }));
+        };
+        let _ = self.shards[shard].send(ShardCommand::Routed(input, permit));
     }
 
     /// The connection's client has `document` open (it asked for or sent it).

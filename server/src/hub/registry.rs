@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,12 +20,35 @@ pub enum Outbound {
     Frame(Frame),
 }
 
-/// The two ways into a connection's task: frames through a bounded queue
-/// (a slow reader fills it), and a close request that always gets through.
+/// The two ways into a connection's task: frames through a queue bounded in
+/// frames and in bytes (a slow reader fills it), and a close request that
+/// always gets through.
 #[derive(Debug, Clone)]
 pub struct OutboundQueue {
     pub frames: mpsc::Sender<Outbound>,
     pub close: mpsc::UnboundedSender<String>,
+    /// Bytes of the frames queued and not yet written; the task subtracts
+    /// each frame's length once it is written.
+    pub queued_bytes: Arc<AtomicUsize>,
+    /// Past this many queued bytes the client is too slow. One frame larger
+    /// than this still goes out when nothing else is queued (a big document's
+    /// first sync).
+    pub max_bytes: usize,
+}
+
+impl OutboundQueue {
+    /// Queues `frame`, or says the client has fallen too far behind.
+    fn push(&self, frame: Frame) -> Result<(), ()> {
+        let length = frame.len();
+        let queued = self.queued_bytes.load(Ordering::Acquire);
+        if queued > 0 && queued.saturating_add(length) > self.max_bytes {
+            return Err(());
+        }
+        self.queued_bytes.fetch_add(length, Ordering::AcqRel);
+        self.frames.try_send(Outbound::Frame(frame)).map_err(|_| {
+            self.queued_bytes.fetch_sub(length, Ordering::AcqRel);
+        })
+    }
 }
 
 /// Documents tracked per connection; beyond this a client is asking for
@@ -245,7 +269,7 @@ impl Registry {
         let Some(live) = inner.connections.get(&id) else {
             return;
         };
-        if live.queue.frames.try_send(Outbound::Frame(frame)).is_err() {
+        if live.queue.push(frame).is_err() {
             let _ = live
                 .queue
                 .close

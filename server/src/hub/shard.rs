@@ -20,8 +20,14 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 pub enum ShardCommand {
     Input(Input<SyncUser>),
+    /// A client's message, holding its bytes against the connection's
+    /// inbound budget until the engine has taken it in.
+    Routed(Input<SyncUser>, InboundPermit),
     Stop,
 }
+
+/// Bytes of a connection's inbound budget, given back when dropped.
+pub type InboundPermit = tokio::sync::OwnedSemaphorePermit;
 
 pub struct ShardContext {
     /// This shard's own inbox, for answers from the IO pool and the flusher.
@@ -54,8 +60,13 @@ pub fn run(
                 return;
             }
         }
+        let mut permit = None;
         let input = match inbox.recv_timeout(TICK) {
             Ok(ShardCommand::Input(input)) => input,
+            Ok(ShardCommand::Routed(input, held)) => {
+                permit = Some(held);
+                input
+            }
             // Edits and messages queued behind a load or a write would be
             // lost: keep going until every load and write is answered.
             Ok(ShardCommand::Stop) => {
@@ -70,6 +81,7 @@ pub fn run(
             in_flight.issued(&effect);
             carry_out(effect, &context);
         }
+        drop(permit);
     }
 }
 

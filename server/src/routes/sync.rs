@@ -8,14 +8,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Item, Session};
 use backchannel_sync::handshake::{self, ServerIdentity};
 use backchannel_sync::{Connection, DocumentId, DocumentMessage, Message};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use actix_web::http::StatusCode;
 
@@ -26,7 +27,8 @@ use crate::error::ApiError;
 use crate::hub::{Outbound, SocketCaps, SocketId, SyncHub};
 use crate::state::AppState;
 
-/// Frames queued for one client before it counts as too slow.
+/// Frames queued for one client before it counts as too slow (their bytes
+/// are bounded too: `Limits::sync_outbound_bytes`).
 const OUTBOUND_FRAMES: usize = 1024;
 const PING_EVERY: Duration = Duration::from_secs(15);
 /// A client silent this long (no frame, no pong) is gone.
@@ -123,7 +125,14 @@ struct ConnectionTask {
     /// looking at a thread is not also notified about it).
     documents_seen: HashMap<DocumentId, Instant>,
     flood: FloodGuard,
+    /// Bytes of this connection's messages the shards have not taken in yet
+    /// may not pass `Limits::sync_inbound_bytes`.
+    inbound: Arc<Semaphore>,
+    inbound_max: usize,
+    send_timeout: Duration,
     frames: mpsc::Sender<Outbound>,
+    queued_bytes: Arc<AtomicUsize>,
+    outbound_max: usize,
     close: mpsc::UnboundedSender<String>,
 }
 
@@ -161,7 +170,12 @@ impl ConnectionTask {
             joined: None,
             documents_seen: HashMap::new(),
             flood: FloodGuard::new(&limits),
+            inbound: Arc::new(Semaphore::new(limits.sync_inbound_bytes)),
+            inbound_max: limits.sync_inbound_bytes,
+            send_timeout: limits.sync_send_timeout,
             frames,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+            outbound_max: limits.sync_outbound_bytes,
             close,
         };
         let inbox = Inbox {
@@ -195,8 +209,16 @@ impl ConnectionTask {
                             "invalid WebSocket frame (messages are limited to the server's size limit): {error}"
                         ))),
                         Some(Ok(AggregatedMessage::Binary(bytes))) => {
-                            match self.flood.admit().await {
-                                Ok(()) => self.on_binary(&bytes),
+                            match self.flood.admit(bytes.len()).await {
+                                Ok(()) => {
+                                    // Waiting here stops reading, so TCP slows
+                                    // the client instead of memory growing.
+                                    let held = bytes.len().clamp(1, self.inbound_max);
+                                    match self.inbound.clone().acquire_many_owned(held as u32).await {
+                                        Ok(permit) => self.on_binary(&bytes, permit),
+                                        Err(_) => Next::End(None),
+                                    }
+                                }
                                 Err(reason) => Next::End(Some(reason)),
                             }
                         }
@@ -204,7 +226,10 @@ impl ConnectionTask {
                             "send CBOR messages as binary frames; text frames are not part of the protocol".into(),
                         )),
                         Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                            if session.pong(&bytes).await.is_err() { Next::End(None) } else { Next::Continue }
+                            match self.timed(session.pong(&bytes)).await {
+                                Ok(()) => Next::Continue,
+                                Err(ending) => Next::End(ending),
+                            }
                         }
                         Some(Ok(AggregatedMessage::Pong(_))) => Next::Continue,
                         Some(Ok(AggregatedMessage::Close(_))) => Next::End(None),
@@ -212,19 +237,24 @@ impl ConnectionTask {
                     match next {
                         Next::Continue => {}
                         Next::Reply(bytes) => {
-                            if session.binary(bytes).await.is_err() { break None; }
+                            if let Err(ending) = send_message(&mut session, bytes.into(), self.send_timeout).await { break ending; }
                         }
                         Next::End(reason) => break reason,
                     }
                 }
-                Some(Outbound::Frame(bytes)) = inbox.frames.recv() => {
-                    if session.binary(bytes).await.is_err() { break None; }
+                Some(Outbound::Frame(frame)) = inbox.frames.recv() => {
+                    if let Err(ending) = self.write_queued(&mut session, frame).await { break ending; }
                 }
                 Some(reason) = inbox.close.recv() => {
                     // What the engine queued before deciding to close goes
                     // out first (a `doc-unavailable`, say), then the error.
-                    while let Ok(Outbound::Frame(bytes)) = inbox.frames.try_recv() {
-                        if session.binary(bytes).await.is_err() { break; }
+                    while let Ok(Outbound::Frame(frame)) = inbox.frames.try_recv() {
+                        let length = frame.len();
+                        let written = send_message(&mut session, frame.into(), self.closing_limit()).await;
+                        self.queued_bytes.fetch_sub(length, Ordering::AcqRel);
+                        if written.is_err() {
+                            break;
+                        }
                     }
                     break Some(reason);
                 }
@@ -232,7 +262,7 @@ impl ConnectionTask {
                     if last_heard.elapsed() > SILENCE_LIMIT {
                         break Some("no answer to pings; closing".into());
                     }
-                    if session.ping(b"").await.is_err() { break None; }
+                    if let Err(ending) = self.timed(session.ping(b"")).await { break ending; }
                 }
             }
         };
@@ -244,21 +274,56 @@ impl ConnectionTask {
                 tracing::info!(user = %self.user.id, %reason, "sync connection closed with an error");
                 let target = self.joined.as_ref().map(|c| c.peer_id.clone());
                 let error = handshake::error(self.hub.identity(), target, reason.clone());
-                let _ = session.binary(error.encode()).await;
-                let _ = session
-                    .close(Some(CloseReason {
+                let _ =
+                    send_message(&mut session, error.encode().into(), self.closing_limit()).await;
+                let _ = self
+                    .closing(session.close(Some(CloseReason {
                         code: CloseCode::Policy,
                         description: Some(truncate(&reason, 120)),
-                    }))
+                    })))
                     .await;
             }
             None => {
-                let _ = session.close(None).await;
+                let _ = self.closing(session.close(None)).await;
             }
         }
     }
 
-    fn on_binary(&mut self, bytes: &[u8]) -> Next {
+    /// Writes a frame the hub queued and gives its bytes back to the queue.
+    async fn write_queued(
+        &self,
+        session: &mut Session,
+        frame: backchannel_sync::Frame,
+    ) -> Result<(), Option<String>> {
+        let length = frame.len();
+        let written = send_message(session, frame.into(), self.send_timeout).await;
+        self.queued_bytes.fetch_sub(length, Ordering::AcqRel);
+        written
+    }
+
+    /// One write to the client, given up after the send timeout: a client
+    /// that stopped reading would otherwise hold this task (and its pings
+    /// and silence check) forever. `Err(None)`: the socket is gone.
+    async fn timed<T, E>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<(), Option<String>> {
+        within(self.send_timeout, write).await
+    }
+
+    /// Writes while closing wait less: the connection ends either way.
+    async fn closing<T, E>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<(), Option<String>> {
+        within(self.closing_limit(), write).await
+    }
+
+    fn closing_limit(&self) -> Duration {
+        self.send_timeout.min(CLOSING_WRITE_LIMIT)
+    }
+
+    fn on_binary(&mut self, bytes: &[u8], permit: crate::hub::InboundPermit) -> Next {
         let message = match Message::decode(bytes) {
             Ok(message) => message,
             Err(error) => return Next::End(Some(format!("malformed message: {error}"))),
@@ -303,7 +368,7 @@ impl ConnectionTask {
                     self.documents_seen
                         .retain(|_, last| now.duration_since(*last) < crate::hub::OPEN_WINDOW);
                 }
-                self.hub.route(connection.clone(), document_message);
+                self.hub.route(connection.clone(), document_message, permit);
                 Next::Continue
             }
         }
@@ -347,6 +412,8 @@ impl ConnectionTask {
             crate::hub::OutboundQueue {
                 frames: self.frames.clone(),
                 close: self.close.clone(),
+                queued_bytes: self.queued_bytes.clone(),
+                max_bytes: self.outbound_max,
             },
         );
         match joined {
@@ -360,6 +427,51 @@ impl ConnectionTask {
     }
 }
 
+/// Messages longer than this go out as WebSocket fragments of this size.
+/// actix-ws buffers 32 writes per connection whatever their size, so
+/// fragments keep what sits in that buffer for a client that stopped reading
+/// near 2 MiB, and a write that blocks means the client really is not
+/// reading (every client reassembles fragments: RFC 6455 §5.4).
+const FRAGMENT_BYTES: usize = 64 * 1024;
+
+/// Writes one message, fragmented when long; each write must be taken within
+/// `limit`, so a slow but reading client is never cut off mid-message.
+async fn send_message(
+    session: &mut Session,
+    bytes: actix_web::web::Bytes,
+    limit: Duration,
+) -> Result<(), Option<String>> {
+    if bytes.len() <= FRAGMENT_BYTES {
+        return within(limit, session.binary(bytes)).await;
+    }
+    let first = bytes.slice(..FRAGMENT_BYTES);
+    within(limit, session.continuation(Item::FirstBinary(first))).await?;
+    let mut at = FRAGMENT_BYTES;
+    while bytes.len() - at > FRAGMENT_BYTES {
+        let next = bytes.slice(at..at + FRAGMENT_BYTES);
+        within(limit, session.continuation(Item::Continue(next))).await?;
+        at += FRAGMENT_BYTES;
+    }
+    within(limit, session.continuation(Item::Last(bytes.slice(at..)))).await
+}
+
+/// How long each last write (queued frames, the `error`, the close) may take.
+const CLOSING_WRITE_LIMIT: Duration = Duration::from_secs(3);
+
+async fn within<T, E>(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<(), Option<String>> {
+    match actix_web::rt::time::timeout(limit, write).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some(format!(
+            "the client read nothing for {} s; closing",
+            limit.as_secs_f64()
+        ))),
+    }
+}
+
 fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
@@ -368,10 +480,8 @@ fn truncate(text: &str, max_chars: usize) -> String {
 /// (the task stops reading, so TCP pushes back), and a client that keeps
 /// flooding after being slowed is closed.
 struct FloodGuard {
-    tokens: f64,
-    burst: f64,
-    per_second: f64,
-    refilled_at: Instant,
+    messages: Bucket,
+    bytes: Bucket,
     /// Time spent slowing this client down in the current window.
     slowed: Duration,
     window_started: Instant,
@@ -382,38 +492,77 @@ const FLOOD_TOLERANCE: Duration = Duration::from_secs(5);
 
 impl FloodGuard {
     fn new(limits: &Limits) -> Self {
-        let burst = limits.sync_burst as f64;
+        // A reconnect uploads everything written offline at once: the byte
+        // burst holds the largest messages the inbound budget lets through.
+        let byte_burst = limits.sync_inbound_bytes.max(limits.sync_message_bytes);
         Self {
-            tokens: burst,
-            burst,
-            per_second: limits.sync_messages_per_second.max(1) as f64,
-            refilled_at: Instant::now(),
+            messages: Bucket::new(
+                limits.sync_burst as f64,
+                limits.sync_messages_per_second as f64,
+            ),
+            bytes: Bucket::new(byte_burst as f64, limits.sync_bytes_per_second as f64),
             slowed: Duration::ZERO,
             window_started: Instant::now(),
         }
     }
 
-    async fn admit(&mut self) -> Result<(), String> {
+    /// Lets one message of `length` bytes in, after slowing the client if it
+    /// is over either rate; a client slowed too long is flooding.
+    async fn admit(&mut self, length: usize) -> Result<(), String> {
         let now = Instant::now();
         if now.duration_since(self.window_started) > FLOOD_WINDOW {
             self.window_started = now;
             self.slowed = Duration::ZERO;
         }
+        let wait = self
+            .messages
+            .take(1.0, now)
+            .max(self.bytes.take(length as f64, now));
+        if !wait.is_zero() {
+            // The time really spent waiting: a sleep overshoots, and the
+            // buckets then owe less, so the waits asked for undercount.
+            let slept_from = Instant::now();
+            actix_web::rt::time::sleep(wait).await;
+            self.slowed += slept_from.elapsed();
+            if self.slowed > FLOOD_TOLERANCE {
+                return Err(
+                    "too many messages or bytes: this connection is flooding the server".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A token bucket that may go into debt: `take` answers how long to wait
+/// for the debt to be paid back.
+struct Bucket {
+    tokens: f64,
+    burst: f64,
+    per_second: f64,
+    refilled_at: Instant,
+}
+
+impl Bucket {
+    fn new(burst: f64, per_second: f64) -> Self {
+        Self {
+            tokens: burst,
+            burst,
+            per_second: per_second.max(1.0),
+            refilled_at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, amount: f64, now: Instant) -> Duration {
         self.tokens = (self.tokens
             + now.duration_since(self.refilled_at).as_secs_f64() * self.per_second)
             .min(self.burst);
         self.refilled_at = now;
-        if self.tokens < 1.0 {
-            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.per_second);
-            self.slowed += wait;
-            if self.slowed > FLOOD_TOLERANCE {
-                return Err("too many messages: this connection is flooding the server".into());
-            }
-            actix_web::rt::time::sleep(wait).await;
-            self.tokens = 1.0;
-            self.refilled_at = Instant::now();
+        self.tokens -= amount;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.per_second)
         }
-        self.tokens -= 1.0;
-        Ok(())
     }
 }

@@ -8,6 +8,7 @@ import fs from "node:fs"
 import os from "node:os"
 import path from "node:path"
 
+import * as A from "@automerge/automerge"
 import { Encoder, decode } from "cbor-x"
 import WebSocket from "ws"
 
@@ -206,5 +207,54 @@ describe("bad input on /sync", () => {
     await expectErrorAndClose(sessionSocket, /session has ended/)
     assert.equal(raw.closed, false, "other sessions stay connected")
     raw.socket.close()
+  })
+})
+
+describe("a client that stops reading", () => {
+  const SEND_TIMEOUT_SECS = 2
+  let server
+  let account
+  let writer
+
+  before(async () => {
+    server = await startBackchannelServer({
+      binary: BINARY,
+      dataDir: fs.mkdtempSync(path.join(os.tmpdir(), "backchannel-stall-")),
+      env: { BACKCHANNEL_SYNC_SEND_TIMEOUT_SECS: String(SEND_TIMEOUT_SECS) },
+    })
+    account = await registerUser(server.httpUrl, { email: `stall-${randomId(6)}@example.org`.toLowerCase(), password: "stalled reader password", display_name: "Stall" })
+    writer = makeClient(server.syncUrl(account.access_token))
+    await waitForPeer(writer)
+  })
+
+  after(async () => {
+    await shutdownAll([writer])
+    await server?.stop()
+  })
+
+  test("is closed after the send timeout, while everyone else keeps syncing", async () => {
+    // Documents large enough that answering them fills every buffer between
+    // the server and a client that reads nothing (loopback buffers hold MBs).
+    const large = []
+    for (let i = 0; i < 6; i++) {
+      const blob = new Uint8Array(3 * 1024 * 1024)
+      for (let offset = 0; offset < blob.length; offset += 65536) crypto.getRandomValues(blob.subarray(offset, offset + 65536))
+      const handle = writer.create({ blob })
+      assert.ok(await waitUntilServerAcked(writer, handle))
+      large.push(handle.documentId)
+    }
+    const staller = await joinedSocket(server, account.access_token)
+    staller.socket._socket.pause()
+    const request = A.generateSyncMessage(A.init(), A.initSyncState())[1]
+    for (const documentId of large) {
+      staller.socket.send(cbor.encode({ type: "request", senderId: staller.peerId, targetId: "server", documentId, data: request }))
+    }
+
+    const closedFor = /read nothing for|fell too far behind/
+    await waitFor(() => closedFor.test(server.stderrText()), { timeoutMs: 20_000, what: "the server to close the stalled reader" })
+    const post = writer.create({ type: "post", schema: 1, author: account.user.id, created_at: Date.now(), status: "draft", title: "others keep syncing", body: "", replies: [] })
+    assert.ok(await waitUntilServerAcked(writer, post))
+    staller.socket._socket.resume()
+    await withTimeout(staller.ended, 20_000, "the stalled reader's connection ends")
   })
 })
