@@ -84,10 +84,15 @@ test("a server killed mid-write and restarted has every change a client saw ackn
 
   // What the server acknowledged, per document: the reply ids at its last reported heads.
   const acknowledged = handles.map(() => new Set())
+  // When each document's acknowledged heads last moved, for a stall's report.
+  const started = Date.now()
+  const lastAck = handles.map(() => ({ heads: "", at: started }))
   const observe = () => {
     handles.forEach((handle, i) => {
       const info = handle.getSyncInfo(storageId)
       if (!info) return
+      const heads = JSON.stringify(info.lastHeads)
+      if (heads !== lastAck[i].heads) lastAck[i] = { heads, at: Date.now() }
       const view = A.view(handle.doc(), decodeHeads(info.lastHeads))
       for (const reply of view.replies) acknowledged[i].add(reply.id)
     })
@@ -116,7 +121,12 @@ test("a server killed mid-write and restarted has every change a client saw ackn
   // Shut the clients down first: a failing assertion must not leave their
   // reconnect timers holding the process open.
   await shutdownAfterServerLoss(devices)
-  assert.ok(counts.every(n => n > 10), `the load was acknowledged before the kill: ${counts}`)
+  const stalls = handles.map((handle, i) => {
+    const written = handle.doc().replies.length
+    const since = Date.now() - lastAck[i].at
+    return `device ${i}: ${acknowledged[i].size} of ${written} replies acknowledged, last acknowledged heads ${lastAck[i].heads || "none"} ${since} ms ago (${lastAck[i].at - started} ms into the load)`
+  })
+  assert.ok(counts.every(n => n > 10), `the load was acknowledged before the kill: ${counts}\n${stalls.join("\n")}`)
 
   server = await startBackchannelServer({ binary: BINARY, dataDir })
   try {
