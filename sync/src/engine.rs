@@ -1338,6 +1338,10 @@ impl<P: Policy> Engine<P> {
         if changed {
             self.describe(document_id, effects);
         }
+        // Everything in memory is durable now: messages that came during the
+        // flush waited in the queue. Answer before taking them in, or a peer
+        // writing faster than the disk flushes would never hear an ack.
+        self.send_owed(document_id, effects);
         self.drain_queue(document_id, now_ms, effects);
     }
 

@@ -1409,3 +1409,30 @@ fn a_version_2_message_of_concatenated_changes_is_split_and_applied() {
     assert_eq!(world.value(laptop, doc_id(1), "second"), Some(0x41));
     assert!(world.clients[ada].closed.is_none());
 }
+
+#[test]
+fn acknowledgements_keep_coming_while_every_write_overlaps_the_next_change() {
+    let mut world = World::new();
+    let phone = world.connect("ada", None);
+    world.edit(phone, doc_id(1), "n", 0);
+    world.sync(phone, doc_id(1));
+    let laptop = world.connect("ada", None);
+    world.sync(laptop, doc_id(1));
+
+    // Step: each write is still flushing when the phone's next change arrives.
+    world.writes_are_durable_at_once = false;
+    world.edit(phone, doc_id(1), "n", 1);
+    world.sync(phone, doc_id(1));
+    for n in 2..20 {
+        let durable = world.heads(phone, doc_id(1));
+        world.edit(phone, doc_id(1), "n", n);
+        world.sync(phone, doc_id(1));
+        world.release_writes();
+        assert_eq!(
+            world.clients[phone].docs[&doc_id(1)].1.shared_heads,
+            durable,
+            "round {n}: the durable change is acknowledged although a newer one is waiting"
+        );
+        assert_eq!(world.value(laptop, doc_id(1), "n"), Some(n - 1));
+    }
+}
