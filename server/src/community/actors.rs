@@ -15,7 +15,16 @@ pub const SERVER_OWNER: &str = backchannel_sync::SERVER_USER;
 #[derive(Clone)]
 pub struct ActorBindings {
     store: Arc<dyn Store>,
-    cache: Arc<Mutex<HashMap<ActorId, String>>>,
+    cache: Arc<Mutex<Known>>,
+}
+
+/// Bindings read from the store, and those reserved by a message being
+/// judged: a reserved actor is its user's while the message is judged and
+/// nobody else's meanwhile, but it is stored only if the message passes.
+#[derive(Default)]
+struct Known {
+    owners: HashMap<ActorId, String>,
+    reserved: HashMap<ActorId, String>,
 }
 
 impl std::fmt::Debug for ActorBindings {
@@ -35,26 +44,68 @@ pub enum ClaimError {
     Store(StoreError),
 }
 
+/// A new actor held for one user while their message is judged; released
+/// unless [`Reservation::commit`] stores it.
+pub struct Reservation {
+    bindings: ActorBindings,
+    actor: ActorId,
+    committed: bool,
+}
+
+impl Reservation {
+    /// Records the binding. It becomes durable with the store's next flush,
+    /// which precedes any acknowledgement of the change.
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        let mut known = self.bindings.lock();
+        let Some(user) = known.reserved.get(&self.actor).cloned() else {
+            return Ok(());
+        };
+        self.bindings
+            .store
+            .put(&key(&self.actor), user.as_bytes())?;
+        known.reserved.remove(&self.actor);
+        known.owners.insert(self.actor.clone(), user);
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.bindings.lock().reserved.remove(&self.actor);
+        }
+    }
+}
+
 impl ActorBindings {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
-            cache: Arc::new(Mutex::new(HashMap::new())),
+            cache: Arc::new(Mutex::new(Known::default())),
         }
     }
 
-    /// Who `actor` belongs to, if anyone.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Who `actor` belongs to, if anyone (a reservation counts).
     pub fn owner(&self, actor: &ActorId) -> Result<Option<String>, StoreError> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        self.owner_locked(&mut cache, actor)
+        let mut known = self.lock();
+        self.owner_locked(&mut known, actor)
     }
 
     fn owner_locked(
         &self,
-        cache: &mut HashMap<ActorId, String>,
+        known: &mut Known,
         actor: &ActorId,
     ) -> Result<Option<String>, StoreError> {
-        if let Some(owner) = cache.get(actor) {
+        if let Some(owner) = known
+            .owners
+            .get(actor)
+            .or_else(|| known.reserved.get(actor))
+        {
             return Ok(Some(owner.clone()));
         }
         let owner = self
@@ -62,30 +113,38 @@ impl ActorBindings {
             .get(&key(actor))?
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
         if let Some(owner) = &owner {
-            cache.insert(actor.clone(), owner.clone());
+            known.owners.insert(actor.clone(), owner.clone());
         }
         Ok(owner)
     }
 
-    /// Binds `actor` to `user` unless it is already someone else's. The check
-    /// and the binding happen under one lock, so two users can never both
-    /// claim a new actor. The binding becomes durable with the store's next
-    /// flush, which precedes any acknowledgement of the change.
-    pub fn claim(&self, actor: &ActorId, user: &str) -> Result<(), ClaimError> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+    /// Holds `actor` for `user` unless it is already someone else's: `None`
+    /// when it is already theirs. The check and the reservation happen under
+    /// one lock, so two users can never both hold a new actor.
+    pub fn reserve(&self, actor: &ActorId, user: &str) -> Result<Option<Reservation>, ClaimError> {
+        let mut known = self.lock();
         match self
-            .owner_locked(&mut cache, actor)
+            .owner_locked(&mut known, actor)
             .map_err(ClaimError::Store)?
         {
-            Some(owner) if owner == user => Ok(()),
+            Some(owner) if owner == user => Ok(None),
             Some(owner) => Err(ClaimError::TakenBy(owner)),
             None => {
-                self.store
-                    .put(&key(actor), user.as_bytes())
-                    .map_err(ClaimError::Store)?;
-                cache.insert(actor.clone(), user.to_string());
-                Ok(())
+                known.reserved.insert(actor.clone(), user.to_string());
+                Ok(Some(Reservation {
+                    bindings: self.clone(),
+                    actor: actor.clone(),
+                    committed: false,
+                }))
             }
+        }
+    }
+
+    /// Binds `actor` to `user` at once unless it is already someone else's.
+    pub fn claim(&self, actor: &ActorId, user: &str) -> Result<(), ClaimError> {
+        match self.reserve(actor, user)? {
+            Some(reservation) => reservation.commit().map_err(ClaimError::Store),
+            None => Ok(()),
         }
     }
 }
@@ -105,6 +164,21 @@ mod tests {
             bindings.claim(&actor, "bob"),
             Err(ClaimError::TakenBy(owner)) if owner == "ada"
         ));
+    }
+
+    #[test]
+    fn a_reservation_released_without_commit_binds_nobody() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let bindings = ActorBindings::new(store.clone());
+        let actor = ActorId::random();
+        let held = bindings.reserve(&actor, "bob").unwrap();
+        assert!(matches!(
+            bindings.reserve(&actor, "ada"),
+            Err(ClaimError::TakenBy(_))
+        ));
+        drop(held);
+        assert_eq!(ActorBindings::new(store).owner(&actor).unwrap(), None);
+        bindings.claim(&actor, "ada").unwrap();
     }
 
     #[test]

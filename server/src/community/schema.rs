@@ -132,6 +132,10 @@ pub mod limits {
     pub const TAGS: usize = 20;
     /// How many `members` a conversation has.
     pub const MEMBERS: usize = 50;
+    /// Actors a single message may bind for the first time. A phone makes a
+    /// new actor each time it loads a document, so a long offline stretch
+    /// carries a few; thousands are someone filling the binding table.
+    pub const NEW_ACTORS_PER_MESSAGE: usize = 256;
 }
 
 /// `text` cut to at most `max` characters (what the server copies into the

@@ -13,7 +13,7 @@ use super::SyncUser;
 use super::actors::ActorBindings;
 use super::fields::At;
 use super::read::may_read;
-use super::schema::DocFacts;
+use super::schema::{DocFacts, limits};
 use super::write::WriteCheck;
 use crate::auth::Role;
 use crate::store::MemoryStore;
@@ -773,6 +773,57 @@ fn a_change_by_another_users_actor_is_refused() {
         scene.write_at(&bob(), &heads, actor_of(&ada()), replay),
         "actor-binding",
     );
+}
+
+#[test]
+fn a_refused_change_binds_none_of_the_new_actors_it_carried() {
+    let mut scene = published_post_by(&ada());
+    let fresh = ActorId::from([0x42_u8; 16]);
+    let heads = scene.doc.get_heads();
+    assert_refused(
+        scene.write_at(
+            &bob(),
+            &heads,
+            fresh.clone(),
+            set_text(ROOT, "title", "Mine now"),
+        ),
+        "author-only",
+    );
+    assert_eq!(scene.actors.owner(&fresh).unwrap(), None);
+    // The actor is still free: its real owner's first change lands.
+    let heads = scene.doc.get_heads();
+    let reply = reply(&scene, "ada");
+    scene
+        .write_at(&ada(), &heads, fresh.clone(), reply)
+        .unwrap();
+    assert_eq!(scene.actors.owner(&fresh).unwrap().as_deref(), Some("ada"));
+}
+
+#[test]
+fn one_message_binds_at_most_a_bounded_number_of_new_actors() {
+    let scene = published_post_by(&ada());
+    let before = scene.doc.get_heads();
+    let mut device = scene.doc.fork();
+    for n in 0..=limits::NEW_ACTORS_PER_MESSAGE {
+        let mut actor = [0_u8; 16];
+        actor[..8].copy_from_slice(&(n as u64 + 1).to_be_bytes());
+        device.set_actor(ActorId::from(actor));
+        let mut tx = device.transaction();
+        tx.put(ROOT, "locked", n % 2 == 0).unwrap();
+        tx.commit();
+    }
+    let changes: Vec<_> = device.get_changes(&before);
+    let mut doc = scene.doc.clone();
+    doc.apply_changes(changes.clone()).unwrap();
+    let verdict = WriteCheck {
+        doc: &doc,
+        user: &meg(),
+        creator: &scene.creator,
+        actors: &scene.actors,
+    }
+    .check(&before, &changes);
+    assert_refused(verdict, "too-many");
+    assert_eq!(scene.actors.owner(changes[0].actor_id()).unwrap(), None);
 }
 
 #[test]

@@ -82,6 +82,13 @@ fn sorted(mut heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
     heads
 }
 
+fn unrecorded(error: impl std::fmt::Display) -> Refusal {
+    refuse(
+        "actor-binding",
+        format!("the server could not record the actor: {error}"),
+    )
+}
+
 fn team_deleted() -> Refusal {
     refuse(
         "team-deleted",
@@ -104,10 +111,23 @@ pub struct WriteCheck<'a> {
 impl WriteCheck<'_> {
     /// Judges `changes` (already applied to `doc`; its heads before them were
     /// `before`). The first refusal wins.
+    /// New actors are bound to the user only if every change passes.
     pub fn check(&self, before: &[ChangeHash], changes: &[Change]) -> Result<(), Refusal> {
+        let mut reserved = Vec::new();
         for change in changes {
-            match self.actors.claim(change.actor_id(), &self.user.id) {
-                Ok(()) => {}
+            match self.actors.reserve(change.actor_id(), &self.user.id) {
+                Ok(reservation) => {
+                    reserved.extend(reservation);
+                    if reserved.len() > limits::NEW_ACTORS_PER_MESSAGE {
+                        return Err(refuse(
+                            "too-many",
+                            format!(
+                                "one message may bring at most {} new actors",
+                                limits::NEW_ACTORS_PER_MESSAGE
+                            ),
+                        ));
+                    }
+                }
                 Err(ClaimError::TakenBy(_)) => {
                     return Err(refuse(
                         "actor-binding",
@@ -117,14 +137,17 @@ impl WriteCheck<'_> {
                         ),
                     ));
                 }
-                Err(ClaimError::Store(error)) => {
-                    return Err(refuse(
-                        "actor-binding",
-                        format!("the server could not record the actor: {error}"),
-                    ));
-                }
+                Err(ClaimError::Store(error)) => return Err(unrecorded(error)),
             }
         }
+        self.judge(before, changes)?;
+        for reservation in reserved {
+            reservation.commit().map_err(unrecorded)?;
+        }
+        Ok(())
+    }
+
+    fn judge(&self, before: &[ChangeHash], changes: &[Change]) -> Result<(), Refusal> {
         let before_facts = DocFacts::read(At::heads(self.doc, before));
         let Some(type_name) = before_facts.type_name.clone() else {
             // A document without a type is its creator's alone; the message
