@@ -17,8 +17,21 @@ pub struct ServerIdentity {
 /// client's is a 36-character UUID); it names stored sync states.
 pub const MAX_STORAGE_ID_BYTES: usize = 64;
 
+/// The longest `senderId` a `join` may carry. The server names the peer in
+/// every message it sends it, so an unbounded id would grow every reply;
+/// stock clients use a dozen or so characters.
+pub const MAX_PEER_ID_BYTES: usize = 128;
+
 /// The `peer` reply to an acceptable `join`, or the `error` to send before closing.
 pub fn answer_join(join: &Join, server: &ServerIdentity) -> Result<Message, Message> {
+    if join.sender_id.as_str().len() > MAX_PEER_ID_BYTES {
+        // Not echoed back: the id is what is wrong.
+        return Err(error(
+            server,
+            None,
+            format!("peerId too long: the limit is {MAX_PEER_ID_BYTES} bytes"),
+        ));
+    }
     let storage_id = join
         .peer_metadata
         .as_ref()
@@ -117,6 +130,19 @@ mod tests {
             storage_id: Some(StorageId::new("x".repeat(MAX_STORAGE_ID_BYTES))),
             is_ephemeral: Some(false),
         });
+        assert!(answer_join(&long, &server()).is_ok());
+    }
+
+    #[test]
+    fn a_join_with_a_peer_id_over_the_limit_gets_an_error_that_does_not_echo_it() {
+        let mut long = join(Some(vec!["1"]));
+        long.sender_id = PeerId::new("p".repeat(MAX_PEER_ID_BYTES + 1));
+        let Err(Message::Error(error)) = answer_join(&long, &server()) else {
+            panic!("expected an error message");
+        };
+        assert!(error.message.contains("peerId too long"));
+        assert_eq!(error.target_id, None);
+        long.sender_id = PeerId::new("p".repeat(MAX_PEER_ID_BYTES));
         assert!(answer_join(&long, &server()).is_ok());
     }
 
