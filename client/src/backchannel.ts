@@ -5,7 +5,7 @@
 import type { DocHandle } from "@automerge/automerge-repo";
 
 import { api, ApiError } from "./api";
-import { chronological, itemId, KIND_NAMES, newConversation, type ConversationDoc, type Kind, type PostDoc } from "./docs";
+import { BODY_CHARS, chronological, itemId, KIND_NAMES, newConversation, type ConversationDoc, type Kind, type PostDoc } from "./docs";
 import { muteButton } from "./settings";
 import { openOrExplain, type Screen } from "./screen";
 import { bindText, button, h, labelled, notice, textOf, when } from "./ui";
@@ -72,7 +72,7 @@ export async function compose(screen: Screen, kind: Kind, aboutPost?: string): P
   const { community } = screen;
   const key = aboutPost ? `flag:${aboutPost}` : `contact:${kind}`;
   const subject = h("input", { type: "text", name: "subject", maxLength: 200 });
-  const message = h("textarea", { name: "message", rows: 6 });
+  const message = h("textarea", { name: "message", rows: 6, maxLength: BODY_CHARS });
   const error = h("p", { role: "alert", className: "error" });
   let about: ConversationDoc["about"] | undefined = aboutPost ? { post: aboutPost } : undefined;
   const fields: HTMLElement[] = [];
@@ -160,7 +160,7 @@ export async function conversation(screen: Screen, id: string): Promise<void> {
   const subject = h("h2", { tabIndex: -1 });
   const meta = h("p", { className: "meta" });
   const messages = h("ol", { className: "list messages", ariaLabel: "Messages" });
-  const box = h("textarea", { name: "message", rows: 3 });
+  const box = h("textarea", { name: "message", rows: 3, maxLength: BODY_CHARS });
   const form = h("form", { className: "card" }, labelled("Your message", box), h("div", { className: "actions" }, h("button", { type: "submit" }, "Send message")));
   const draftKey = `message:${id}`;
   screen.onLeave(bindText(community, community.drafts, ["items", draftKey, "body"], box, { target: id, kind: "message", body: "", updated_at: Date.now() }));

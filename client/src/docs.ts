@@ -102,6 +102,9 @@ export interface InboxDoc {
   conversations: Record<DocId, InboxEntry>;
 }
 
+/** The server's limit on a post's, reply's or message's body (docs/RULES.md). */
+export const BODY_CHARS = 20_000;
+
 export const KIND_NAMES: Record<Kind, string> = {
   question: "Question",
   report: "Report about a member",

@@ -4,7 +4,7 @@
 
 import type { DocHandle } from "@automerge/automerge-repo";
 
-import { chronological, itemId, newPost, type PostDoc } from "./docs";
+import { BODY_CHARS, chronological, itemId, newPost, type PostDoc } from "./docs";
 import { muteButton } from "./settings";
 import { openOrExplain, type Screen } from "./screen";
 import { bindText, button, h, labelled, notice, textOf, timeText, when } from "./ui";
@@ -66,7 +66,7 @@ export async function thread(screen: Screen, id: string): Promise<void> {
   const body = h("div", { className: "post-body" });
   const replies = h("ol", { className: "list replies", ariaLabel: "Replies" });
   const managerTools = h("div", { className: "actions" });
-  const box = h("textarea", { rows: 3, name: "reply" });
+  const box = h("textarea", { rows: 3, name: "reply", maxLength: BODY_CHARS });
   const send = h("button", { type: "submit" }, "Send reply");
   const form = h("form", { className: "card" }, labelled("Your reply", box), h("div", { className: "actions" }, send));
   const draftKey = `reply:${id}`;
@@ -165,7 +165,7 @@ export async function editPost(screen: Screen, id: string): Promise<void> {
     return;
   }
   const title = h("input", { type: "text", name: "title", maxLength: 200 });
-  const body = h("textarea", { name: "body", rows: 8 });
+  const body = h("textarea", { name: "body", rows: 8, maxLength: BODY_CHARS });
   const error = h("p", { role: "alert", className: "error" });
   screen.onLeave(bindText(community, post, ["title"], title));
   screen.onLeave(bindText(community, post, ["body"], body));

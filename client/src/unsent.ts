@@ -10,7 +10,7 @@
 
 import type { DocHandle } from "@automerge/automerge-repo";
 
-import { itemId, type ConversationDoc, type DraftItem, type PostDoc } from "./docs";
+import { BODY_CHARS, itemId, type ConversationDoc, type DraftItem, type PostDoc } from "./docs";
 import type { Screen } from "./screen";
 import { bindText, button, h, labelled, textOf } from "./ui";
 
@@ -137,7 +137,7 @@ function drawItem(screen: Screen, key: string, item: DraftItem, linked: boolean,
     return h("li", {}, heading, h("p", { className: "kept" }, textOf(item.body)), h("p", { className: "note" }, "This cannot be sent again; copy what you need."), h("div", { className: "actions" }, discard));
   }
   const noun = kind === "unsent-reply" ? "reply" : "message";
-  const box = h("textarea", { rows: 3, name: `unsent-${key}` });
+  const box = h("textarea", { rows: 3, name: `unsent-${key}`, maxLength: BODY_CHARS });
   box.value = textOf(item.body);
   onUnbind(bindText(community, community.drafts, ["items", key, "body"], box));
   const send = button("Send again", () => {
