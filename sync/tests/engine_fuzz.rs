@@ -491,8 +491,16 @@ impl World {
     }
 }
 
+/// 96 cases unless `PROPTEST_CASES` asks for more (or fewer).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(96)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn hostile_message_sequences_never_stop_the_engine_serving_an_honest_member(
