@@ -4,6 +4,7 @@
 
 mod actors;
 mod fields;
+mod quota;
 mod read;
 mod rules;
 mod schema;
@@ -12,6 +13,7 @@ mod write;
 
 pub use actors::{ActorBindings, SERVER_OWNER};
 pub use fields::At;
+pub use quota::{DOCUMENTS_PER_USER, DocumentQuota};
 pub use read::may_read_summary;
 pub use rules::{CommunityRules, SyncUser};
 pub use schema::{CONVERSATION_KINDS, CONVERSATION_STATES, DocFacts, DocType};

@@ -6,6 +6,7 @@ use backchannel_sync::{DocumentView, Policy, Refusal};
 
 use super::actors::ActorBindings;
 use super::fields::At;
+use super::quota::{DocumentQuota, QuotaError};
 use super::read::may_read;
 use super::schema::DocFacts;
 use super::summary::{Summary, summarize};
@@ -23,11 +24,12 @@ pub struct SyncUser {
 #[derive(Debug, Clone)]
 pub struct CommunityRules {
     actors: ActorBindings,
+    quota: DocumentQuota,
 }
 
 impl CommunityRules {
-    pub fn new(actors: ActorBindings) -> Self {
-        Self { actors }
+    pub fn new(actors: ActorBindings, quota: DocumentQuota) -> Self {
+        Self { actors, quota }
     }
 }
 
@@ -53,15 +55,31 @@ impl Policy for CommunityRules {
         document: DocumentView<'_>,
         before: &[ChangeHash],
         changes: &[Change],
-        _creating: bool,
+        creating: bool,
     ) -> Result<(), Refusal> {
+        let quota_refusal = |error| match error {
+            QuotaError::Full { limit } => Refusal::new(format!(
+                "rule quota: you have created {limit} documents, the most one person may"
+            )),
+            QuotaError::Store(error) => {
+                Refusal::new(format!("rule quota: the server could not count: {error}"))
+            }
+        };
+        if creating {
+            // Before judging, so a refused creation binds no actor.
+            self.quota.has_room(&user.id).map_err(quota_refusal)?;
+        }
         WriteCheck {
             doc: document.doc,
             user,
             creator: document.creator,
             actors: &self.actors,
         }
-        .check(before, changes)
+        .check(before, changes)?;
+        if creating {
+            self.quota.take_one(&user.id).map_err(quota_refusal)?;
+        }
+        Ok(())
     }
 
     fn summarize(&self, document: DocumentView<'_>) -> Option<Summary> {

@@ -31,7 +31,9 @@ use backchannel_sync::{
     PeerId, StorageId,
 };
 
-use crate::community::{ActorBindings, CommunityRules, Summary, SyncUser};
+use crate::community::{
+    ActorBindings, CommunityRules, DOCUMENTS_PER_USER, DocumentQuota, Summary, SyncUser,
+};
 use crate::store::{Store, StoreError};
 use registry::Registry;
 
@@ -119,6 +121,7 @@ impl SyncHub {
             .map_err(|error| {
                 StoreError::Backend(format!("the server's actor is not its own: {error:?}"))
             })?;
+        let quota = DocumentQuota::new(store.clone(), DOCUMENTS_PER_USER);
         let tickets = Arc::new(EditTickets::default());
         let registry = Arc::new(Registry::default());
         let health = Arc::new(io::StoreHealth::default());
@@ -130,7 +133,7 @@ impl SyncHub {
             let (sender, receiver) = mpsc::channel();
             let engine = Engine::new(
                 EngineConfig::new(identity.peer_id.clone(), server_actor.clone()),
-                CommunityRules::new(actors.clone()),
+                CommunityRules::new(actors.clone(), quota.clone()),
             );
             let context = shard::ShardContext {
                 inbox: sender.clone(),
