@@ -280,8 +280,10 @@ const abuses = {
   "missing-deps": async (ctx, stats, signal) => {
     const orphan = () => {
       const base = A.change(A.init(), d => (d.pad = randomId(8)))
+      // 4 KiB of bytes: one op (a 4 KiB string would be 4,096 text ops, slow
+      // to build in this process, which the honest clients share).
       const next = A.change(base, d => {
-        d.replies = [{ id: randomId(12), author: ctx.attackerId, created_at: Date.now(), body: "x".repeat(4096) }]
+        d.blob = crypto.randomBytes(4096)
       })
       const change = A.getLastLocalChange(next)
       return A.encodeSyncMessage({ heads: [A.decodeChange(change).hash], need: [], have: [], changes: [change] })
@@ -404,7 +406,8 @@ const abuses = {
             continue
           }
           ctx.live.add(s)
-          await Promise.race([s.ended, new Promise(resolve => signal.addEventListener("abort", resolve, { once: true }))])
+          // (The abort may have come while this socket was opening.)
+          if (!signal.aborted) await Promise.race([s.ended, new Promise(resolve => signal.addEventListener("abort", resolve, { once: true }))])
           if (s.closed && !signal.aborted) stats.closed++
           s.close()
           ctx.live.delete(s)
