@@ -70,16 +70,24 @@ describe("actor binding", () => {
     assert.deepEqual(await second.outcome(url, two), { accepted: true })
   })
 
-  test("an actor first sent in a refused message still belongs to its sender", async () => {
+  test("an actor first sent in a refused message binds no one, so its first accepted change binds it", async () => {
     const actor = randomActor()
     const { url } = await ada.create(post(ada))
-    // Bob's first change with this actor breaks a rule: refused, but the actor is now Bob's.
+    // Bob's first change with this actor breaks a rule: refused, and nothing is bound.
     await expectRefused(bob, url, d => {
       d.title = "not Bob's to change"
     }, { actor, checker: ada })
-    // Cy's honest reply made with that same actor is refused for the actor.
-    await expectRefused(cy, url, d => {
-      d.replies.push(reply(cy, "an honest reply with a taken actor"))
+    // Cy's honest reply made with that same actor lands, and the actor is Cy's.
+    const honest = await cy.forged({ actor })
+    await honest.request(url)
+    const hash = honest.change(url, d => {
+      d.replies.push(reply(cy, "an honest reply with an actor Bob tried first"))
+    })
+    assert.deepEqual(await honest.outcome(url, hash), { accepted: true })
+    await honest.close()
+    // Now Bob's honest reply with it is refused for the actor.
+    await expectRefused(bob, url, d => {
+      d.replies.push(reply(bob, "a reply with Cy's actor"))
     }, { actor, rule: /actor/i, checker: ada })
   })
 
