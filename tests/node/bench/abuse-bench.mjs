@@ -38,6 +38,7 @@ import {
   waitUntilServerAcked,
   withTimeout,
 } from "../lib/servers.mjs"
+import { mapLimit, quantile, range, yieldToLoop } from "./helpers.mjs"
 
 const ALL_ABUSES = [
   "ephemeral-flood",
@@ -100,33 +101,9 @@ const T0 = performance.now()
 function log(...args) {
   console.error(`[${((performance.now() - T0) / 1000).toFixed(1).padStart(6)}s]`, ...args)
 }
-const range = n => Array.from({ length: n }, (_, i) => i)
 const MiB = 1024 * 1024
 const mib = b => (Number.isFinite(b) ? Math.round((b / MiB) * 10) / 10 : null)
 const round = (x, d = 1) => (Number.isFinite(x) ? Math.round(x * 10 ** d) / 10 ** d : null)
-const yieldToLoop = () => new Promise(resolve => setImmediate(resolve))
-
-function quantile(sorted, q) {
-  if (sorted.length === 0) return NaN
-  const pos = (sorted.length - 1) * q
-  const lo = Math.floor(pos)
-  const hi = Math.ceil(pos)
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo)
-}
-
-async function mapLimit(items, limit, fn) {
-  const out = new Array(items.length)
-  let next = 0
-  await Promise.all(
-    range(Math.min(limit, items.length)).map(async () => {
-      while (next < items.length) {
-        const k = next++
-        out[k] = await fn(items[k], k)
-      }
-    }),
-  )
-  return out
-}
 
 // ---------------------------------------------------------------------------
 // the attacker's raw socket: join, then send anything

@@ -32,6 +32,7 @@ import {
   waitUntilServerAcked,
   withTimeout,
 } from "../lib/servers.mjs"
+import { mapLimit, quantile, range, yieldToLoop } from "./helpers.mjs"
 
 // ---------------------------------------------------------------------------
 // options
@@ -117,32 +118,6 @@ const T0 = performance.now()
 function log(...args) {
   const s = ((performance.now() - T0) / 1000).toFixed(1).padStart(6)
   console.error(`[${s}s]`, ...args)
-}
-
-const range = n => Array.from({ length: n }, (_, i) => i)
-const yieldToLoop = () => new Promise(resolve => setImmediate(resolve))
-
-/** Runs fn over items with at most `limit` in flight; keeps order. */
-async function mapLimit(items, limit, fn) {
-  const out = new Array(items.length)
-  let next = 0
-  await Promise.all(
-    range(Math.min(limit, items.length)).map(async () => {
-      while (next < items.length) {
-        const k = next++
-        out[k] = await fn(items[k], k)
-      }
-    }),
-  )
-  return out
-}
-
-function quantile(sorted, q) {
-  if (sorted.length === 0) return NaN
-  const pos = (sorted.length - 1) * q
-  const lo = Math.floor(pos)
-  const hi = Math.ceil(pos)
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo)
 }
 
 function summarize(samples) {
