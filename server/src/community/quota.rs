@@ -63,34 +63,42 @@ impl DocumentQuota {
         Ok(count)
     }
 
-    /// Whether `user` may create one more document.
-    pub fn has_room(&self, user: &str) -> Result<(), QuotaError> {
+    /// `user`'s count while they may create one more document; `None` for
+    /// the server, whose documents are not counted.
+    fn room(
+        &self,
+        counts: &mut HashMap<String, u64>,
+        user: &str,
+    ) -> Result<Option<u64>, QuotaError> {
         if user == SERVER_OWNER {
-            return Ok(());
+            return Ok(None);
         }
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = self.count(&mut counts, user).map_err(QuotaError::Store)?;
+        let count = self.count(counts, user).map_err(QuotaError::Store)?;
         if count >= self.limit {
             return Err(QuotaError::Full { limit: self.limit });
         }
-        Ok(())
+        Ok(Some(count))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `user` may create one more document.
+    pub fn has_room(&self, user: &str) -> Result<(), QuotaError> {
+        self.room(&mut self.lock(), user).map(|_| ())
     }
 
     /// Counts one more document created by `user`, unless they are at the
-    /// limit. The server's own documents are not counted.
+    /// limit.
     pub fn take_one(&self, user: &str) -> Result<(), QuotaError> {
-        if user == SERVER_OWNER {
-            return Ok(());
+        let mut counts = self.lock();
+        if let Some(count) = self.room(&mut counts, user)? {
+            self.store
+                .put(&key(user), &(count + 1).to_be_bytes())
+                .map_err(QuotaError::Store)?;
+            counts.insert(user.to_string(), count + 1);
         }
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = self.count(&mut counts, user).map_err(QuotaError::Store)?;
-        if count >= self.limit {
-            return Err(QuotaError::Full { limit: self.limit });
-        }
-        self.store
-            .put(&key(user), &(count + 1).to_be_bytes())
-            .map_err(QuotaError::Store)?;
-        counts.insert(user.to_string(), count + 1);
         Ok(())
     }
 }
