@@ -6,6 +6,7 @@ mod actors;
 mod fields;
 mod quota;
 mod read;
+mod restrictions;
 mod rules;
 mod schema;
 mod summary;
@@ -13,8 +14,9 @@ mod write;
 
 pub use actors::{ActorBindings, SERVER_OWNER};
 pub use fields::At;
-pub use quota::{DOCUMENTS_PER_USER, DocumentQuota};
+pub use quota::{BYTES_PER_USER, DOCUMENTS_PER_USER, Quota, Usage};
 pub use read::may_read_summary;
+pub use restrictions::{Restrictions, STALE_GRACE_MILLIS};
 pub use rules::{CommunityRules, SyncUser};
 pub use schema::{CONVERSATION_KINDS, CONVERSATION_STATES, DocFacts, DocType};
 pub use summary::{ConversationSummary, ItemSummary, PostSummary, Summary, summarize};

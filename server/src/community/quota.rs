@@ -1,13 +1,14 @@
-//! How many documents each user may create. Without it one member could fill
-//! the store with documents only they can read (a document without a type is
-//! its creator's alone). The count is kept in the store, so it survives
-//! restarts; a creation whose write then fails still counts, which errs on
-//! the side of the store.
+//! How much each user may store: documents created, and bytes of changes
+//! written. Without it one member could fill the store with documents only
+//! they can read (a document without a type is its creator's alone), or with
+//! changes nobody else ever syncs. Counts are kept in the store, so they
+//! survive restarts; a message whose write then fails still counts, which
+//! errs on the side of the store.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::store::{Store, StoreError};
+use crate::store::{Batch, Store, StoreError};
 
 use super::actors::SERVER_OWNER;
 
@@ -15,16 +16,37 @@ use super::actors::SERVER_OWNER;
 /// drafts, and anything else they sync first).
 pub const DOCUMENTS_PER_USER: u64 = 10_000;
 
-#[derive(Clone)]
-pub struct DocumentQuota {
-    store: Arc<dyn Store>,
-    limit: u64,
-    counts: Arc<Mutex<HashMap<String, u64>>>,
+/// Bytes of changes one user may write, all documents together: years of
+/// typing (a keystroke's change is about a hundred bytes), far less than a
+/// flood fills.
+pub const BYTES_PER_USER: u64 = 256 * 1024 * 1024;
+
+/// What a user has stored, or what one message adds to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub documents: u64,
+    pub bytes: u64,
 }
 
-impl std::fmt::Debug for DocumentQuota {
+impl Usage {
+    fn plus(self, other: Usage) -> Usage {
+        Usage {
+            documents: self.documents.saturating_add(other.documents),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Quota {
+    store: Arc<dyn Store>,
+    limit: Usage,
+    used: Arc<Mutex<HashMap<String, Usage>>>,
+}
+
+impl std::fmt::Debug for Quota {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DocumentQuota")
+        f.debug_struct("Quota")
             .field("limit", &self.limit)
             .finish_non_exhaustive()
     }
@@ -32,72 +54,102 @@ impl std::fmt::Debug for DocumentQuota {
 
 #[derive(Debug)]
 pub enum QuotaError {
-    Full { limit: u64 },
+    Documents { limit: u64 },
+    Bytes { limit: u64 },
     Store(StoreError),
 }
 
-fn key(user: &str) -> Vec<u8> {
+fn documents_key(user: &str) -> Vec<u8> {
     format!("quota/documents/{user}").into_bytes()
 }
 
-impl DocumentQuota {
-    pub fn new(store: Arc<dyn Store>, limit: u64) -> Self {
+fn bytes_key(user: &str) -> Vec<u8> {
+    format!("quota/bytes/{user}").into_bytes()
+}
+
+impl Quota {
+    pub fn new(store: Arc<dyn Store>, limit: Usage) -> Self {
         Self {
             store,
             limit,
-            counts: Arc::new(Mutex::new(HashMap::new())),
+            used: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    fn count(&self, counts: &mut HashMap<String, u64>, user: &str) -> Result<u64, StoreError> {
-        if let Some(count) = counts.get(user) {
-            return Ok(*count);
-        }
-        let count = self
+    fn stored(&self, key: &[u8]) -> Result<u64, StoreError> {
+        Ok(self
             .store
-            .get(&key(user))?
+            .get(key)?
             .and_then(|bytes| bytes.try_into().ok())
             .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        counts.insert(user.to_string(), count);
-        Ok(count)
+            .unwrap_or(0))
     }
 
-    /// `user`'s count while they may create one more document; `None` for
-    /// the server, whose documents are not counted.
-    fn room(
+    fn usage(&self, used: &mut HashMap<String, Usage>, user: &str) -> Result<Usage, StoreError> {
+        if let Some(usage) = used.get(user) {
+            return Ok(*usage);
+        }
+        let usage = Usage {
+            documents: self.stored(&documents_key(user))?,
+            bytes: self.stored(&bytes_key(user))?,
+        };
+        used.insert(user.to_string(), usage);
+        Ok(usage)
+    }
+
+    /// `user`'s usage after `adding`, if it stays within the limits; `None`
+    /// for the server, whose documents are not counted.
+    fn after(
         &self,
-        counts: &mut HashMap<String, u64>,
+        used: &mut HashMap<String, Usage>,
         user: &str,
-    ) -> Result<Option<u64>, QuotaError> {
+        adding: Usage,
+    ) -> Result<Option<Usage>, QuotaError> {
         if user == SERVER_OWNER {
             return Ok(None);
         }
-        let count = self.count(counts, user).map_err(QuotaError::Store)?;
-        if count >= self.limit {
-            return Err(QuotaError::Full { limit: self.limit });
+        let after = self
+            .usage(used, user)
+            .map_err(QuotaError::Store)?
+            .plus(adding);
+        if after.documents > self.limit.documents {
+            return Err(QuotaError::Documents {
+                limit: self.limit.documents,
+            });
         }
-        Ok(Some(count))
+        if after.bytes > self.limit.bytes {
+            return Err(QuotaError::Bytes {
+                limit: self.limit.bytes,
+            });
+        }
+        Ok(Some(after))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Usage>> {
+        self.used.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `user` may create one more document.
-    pub fn has_room(&self, user: &str) -> Result<(), QuotaError> {
-        self.room(&mut self.lock(), user).map(|_| ())
+    /// Whether `user` may store `adding` more.
+    pub fn has_room(&self, user: &str, adding: Usage) -> Result<(), QuotaError> {
+        self.after(&mut self.lock(), user, adding).map(drop)
     }
 
-    /// Counts one more document created by `user`, unless they are at the
-    /// limit.
-    pub fn take_one(&self, user: &str) -> Result<(), QuotaError> {
-        let mut counts = self.lock();
-        if let Some(count) = self.room(&mut counts, user)? {
-            self.store
-                .put(&key(user), &(count + 1).to_be_bytes())
-                .map_err(QuotaError::Store)?;
-            counts.insert(user.to_string(), count + 1);
+    /// Counts `adding` to `user`'s usage, unless it would pass a limit.
+    pub fn take(&self, user: &str, adding: Usage) -> Result<(), QuotaError> {
+        let mut used = self.lock();
+        if let Some(after) = self.after(&mut used, user, adding)? {
+            let before = self.usage(&mut used, user).map_err(QuotaError::Store)?;
+            let mut batch = Batch::new();
+            if after.documents != before.documents {
+                batch = batch.put(documents_key(user), after.documents.to_be_bytes().to_vec());
+            }
+            if after.bytes != before.bytes {
+                batch = batch.put(bytes_key(user), after.bytes.to_be_bytes().to_vec());
+            }
+            if !batch.is_empty() {
+                self.store.apply(batch).map_err(QuotaError::Store)?;
+            }
+            used.insert(user.to_string(), after);
         }
         Ok(())
     }
@@ -114,12 +166,19 @@ mod tests {
         use backchannel_sync::{DocumentId, DocumentView, Policy};
 
         use crate::auth::Role;
-        use crate::community::{ActorBindings, CommunityRules, SyncUser};
+        use crate::community::{ActorBindings, CommunityRules, Restrictions, SyncUser};
 
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let rules = CommunityRules::new(
             ActorBindings::new(store.clone()),
-            DocumentQuota::new(store, 1),
+            Quota::new(
+                store.clone(),
+                Usage {
+                    documents: 1,
+                    bytes: BYTES_PER_USER,
+                },
+            ),
+            Restrictions::new(store, Arc::new(|| 0), 0),
         );
         let ada = SyncUser {
             id: "ada".into(),
@@ -145,26 +204,76 @@ mod tests {
         assert!(refusal.to_string().contains("rule quota"), "{refusal}");
     }
 
+    const ONE_DOCUMENT: Usage = Usage {
+        documents: 1,
+        bytes: 0,
+    };
+
     #[test]
     fn a_user_at_the_limit_creates_nothing_more_and_the_count_survives_a_restart() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let quota = DocumentQuota::new(store.clone(), 2);
-        quota.take_one("ada").unwrap();
-        quota.take_one("ada").unwrap();
+        let limit = Usage {
+            documents: 2,
+            bytes: 1_000,
+        };
+        let quota = Quota::new(store.clone(), limit);
+        quota.take("ada", ONE_DOCUMENT).unwrap();
+        quota.take("ada", ONE_DOCUMENT).unwrap();
         assert!(matches!(
-            quota.has_room("ada"),
-            Err(QuotaError::Full { limit: 2 })
+            quota.has_room("ada", ONE_DOCUMENT),
+            Err(QuotaError::Documents { limit: 2 })
         ));
         assert!(matches!(
-            quota.take_one("ada"),
-            Err(QuotaError::Full { limit: 2 })
+            quota.take("ada", ONE_DOCUMENT),
+            Err(QuotaError::Documents { limit: 2 })
         ));
-        quota.take_one("bob").unwrap();
-        let restarted = DocumentQuota::new(store, 2);
+        quota.take("bob", ONE_DOCUMENT).unwrap();
+        let restarted = Quota::new(store, limit);
         assert!(matches!(
-            restarted.take_one("ada"),
-            Err(QuotaError::Full { .. })
+            restarted.take("ada", ONE_DOCUMENT),
+            Err(QuotaError::Documents { .. })
         ));
-        restarted.take_one("bob").unwrap();
+        restarted.take("bob", ONE_DOCUMENT).unwrap();
+    }
+
+    #[test]
+    fn a_user_who_wrote_their_quota_of_bytes_is_refused_more_and_the_count_survives_a_restart() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let limit = Usage {
+            documents: 10,
+            bytes: 1_000,
+        };
+        let bytes = |bytes| Usage {
+            documents: 0,
+            bytes,
+        };
+        let quota = Quota::new(store.clone(), limit);
+        quota.take("ada", bytes(600)).unwrap();
+        quota.has_room("ada", bytes(400)).unwrap();
+        assert!(matches!(
+            quota.has_room("ada", bytes(401)),
+            Err(QuotaError::Bytes { limit: 1_000 })
+        ));
+        quota.take("bob", bytes(1_000)).unwrap();
+        let restarted = Quota::new(store, limit);
+        assert!(matches!(
+            restarted.take("ada", bytes(401)),
+            Err(QuotaError::Bytes { .. })
+        ));
+        restarted.take("ada", bytes(400)).unwrap();
+    }
+
+    #[test]
+    fn the_servers_own_writes_are_not_counted() {
+        let quota = Quota::new(Arc::new(MemoryStore::default()), Usage::default());
+        quota
+            .take(
+                SERVER_OWNER,
+                Usage {
+                    documents: 5,
+                    bytes: 5,
+                },
+            )
+            .unwrap();
     }
 }

@@ -6,8 +6,9 @@ use backchannel_sync::{DocumentView, Policy, Refusal};
 
 use super::actors::ActorBindings;
 use super::fields::At;
-use super::quota::{DocumentQuota, QuotaError};
+use super::quota::{Quota, QuotaError, Usage};
 use super::read::may_read;
+use super::restrictions::Restrictions;
 use super::schema::DocFacts;
 use super::summary::{Summary, summarize};
 use super::write::WriteCheck;
@@ -24,12 +25,17 @@ pub struct SyncUser {
 #[derive(Debug, Clone)]
 pub struct CommunityRules {
     actors: ActorBindings,
-    quota: DocumentQuota,
+    quota: Quota,
+    restrictions: Restrictions,
 }
 
 impl CommunityRules {
-    pub fn new(actors: ActorBindings, quota: DocumentQuota) -> Self {
-        Self { actors, quota }
+    pub fn new(actors: ActorBindings, quota: Quota, restrictions: Restrictions) -> Self {
+        Self {
+            actors,
+            quota,
+            restrictions,
+        }
     }
 }
 
@@ -58,27 +64,39 @@ impl Policy for CommunityRules {
         creating: bool,
     ) -> Result<(), Refusal> {
         let quota_refusal = |error| match error {
-            QuotaError::Full { limit } => Refusal::new(format!(
+            QuotaError::Documents { limit } => Refusal::new(format!(
                 "rule quota: you have created {limit} documents, the most one person may"
+            )),
+            QuotaError::Bytes { limit } => Refusal::new(format!(
+                "rule quota: you have written {} MiB, the most one person may store",
+                limit / (1024 * 1024)
             )),
             QuotaError::Store(error) => {
                 Refusal::new(format!("rule quota: the server could not count: {error}"))
             }
         };
-        if creating {
-            // Before judging, so a refused creation binds no actor.
-            self.quota.has_room(&user.id).map_err(quota_refusal)?;
-        }
+        let adding = Usage {
+            documents: u64::from(creating),
+            bytes: changes
+                .iter()
+                .map(|change| change.raw_bytes().len() as u64)
+                .sum(),
+        };
+        // Before judging, so a refused message binds no actor.
+        self.quota
+            .has_room(&user.id, adding)
+            .map_err(quota_refusal)?;
+        let id = document.id.to_string();
         WriteCheck {
+            document: &id,
             doc: document.doc,
             user,
             creator: document.creator,
             actors: &self.actors,
+            restrictions: &self.restrictions,
         }
         .check(before, changes)?;
-        if creating {
-            self.quota.take_one(&user.id).map_err(quota_refusal)?;
-        }
+        self.quota.take(&user.id, adding).map_err(quota_refusal)?;
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //! `tests/node/rules/`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc};
@@ -13,6 +14,7 @@ use super::SyncUser;
 use super::actors::ActorBindings;
 use super::fields::At;
 use super::read::may_read;
+use super::restrictions::{Restrictions, STALE_GRACE_MILLIS};
 use super::schema::{DocFacts, limits};
 use super::write::WriteCheck;
 use crate::auth::Role;
@@ -44,6 +46,9 @@ struct Scene {
     doc: Automerge,
     creator: String,
     actors: ActorBindings,
+    restrictions: Restrictions,
+    /// The server's clock, in milliseconds.
+    now: Arc<AtomicU64>,
 }
 
 fn text(tx: &mut Transaction<'_>, obj: &ObjId, key: &str, value: &str) {
@@ -66,11 +71,43 @@ fn actor_of(user: &SyncUser) -> ActorId {
 
 impl Scene {
     fn new(creator: &SyncUser) -> Self {
+        let store = Arc::new(MemoryStore::default());
+        let now = Arc::new(AtomicU64::new(1_000_000));
+        let clock = now.clone();
         Self {
             doc: Automerge::new(),
             creator: creator.id.clone(),
-            actors: ActorBindings::new(Arc::new(MemoryStore::default())),
+            actors: ActorBindings::new(store.clone()),
+            restrictions: Restrictions::new(
+                store,
+                Arc::new(move || clock.load(Ordering::SeqCst)),
+                STALE_GRACE_MILLIS,
+            ),
+            now,
         }
+    }
+
+    fn wait(&self, millis: u64) {
+        self.now.fetch_add(millis, Ordering::SeqCst);
+    }
+
+    /// The server's verdict on `changes`, already applied to `doc`.
+    fn verdict(
+        &self,
+        doc: &Automerge,
+        who: &SyncUser,
+        before: &[ChangeHash],
+        changes: &[automerge::Change],
+    ) -> Result<(), Refusal> {
+        WriteCheck {
+            document: "the-document",
+            doc,
+            user: who,
+            creator: &self.creator,
+            actors: &self.actors,
+            restrictions: &self.restrictions,
+        }
+        .check(before, changes)
     }
 
     /// `who` makes a change on the document as it is now, with their own actor.
@@ -103,13 +140,7 @@ impl Scene {
             .collect();
         let before = self.doc.get_heads();
         self.doc.apply_changes(new.clone()).unwrap();
-        let verdict = WriteCheck {
-            doc: &self.doc,
-            user: who,
-            creator: &self.creator,
-            actors: &self.actors,
-        }
-        .check(&before, &new);
+        let verdict = self.verdict(&self.doc, who, &before, &new);
         if verdict.is_err() {
             self.doc = self.doc.fork_at(&before).unwrap();
         }
@@ -421,6 +452,40 @@ fn a_replys_author_or_a_manager_marks_it_deleted_but_no_one_else() {
 }
 
 #[test]
+fn a_manager_who_deletes_a_reply_may_clear_its_words() {
+    let mut scene = published_post_by(&ada());
+    scene.write(&bob(), reply(&scene, "bob")).unwrap();
+    let item = scene.item("replies", 0);
+    let target = item.clone();
+    scene
+        .write(&meg(), move |tx| {
+            tx.put(&target, "deleted", true).unwrap();
+            text(tx, &target, "body", "");
+        })
+        .unwrap();
+    assert_eq!(scene.text_of(&item, "body").as_deref(), Some(""));
+}
+
+#[test]
+fn a_manager_may_not_put_words_in_someones_reply_nor_clear_one_left_standing() {
+    let mut scene = published_post_by(&ada());
+    scene.write(&bob(), reply(&scene, "bob")).unwrap();
+    let item = scene.item("replies", 0);
+    let (a, b) = (item.clone(), item.clone());
+    assert_refused(
+        scene.write(&meg(), move |tx| {
+            tx.put(&a, "deleted", true).unwrap();
+            text(tx, &a, "body", "I take it back.");
+        }),
+        "reply-author-only",
+    );
+    assert_refused(
+        scene.write(&meg(), move |tx| text(tx, &b, "body", "")),
+        "reply-author-only",
+    );
+}
+
+#[test]
 fn a_replys_author_deletes_and_restores_it_but_not_after_a_manager_deleted_it() {
     let mut scene = published_post_by(&ada());
     scene.write(&bob(), reply(&scene, "bob")).unwrap();
@@ -602,6 +667,43 @@ fn a_reply_written_offline_before_the_lock_lands_and_one_after_seeing_it_does_no
 }
 
 #[test]
+fn a_reply_written_before_the_lock_is_refused_once_the_lock_is_older_than_the_grace_time() {
+    let mut scene = published_post_by(&ada());
+    let before_lock = scene.doc.get_heads();
+    scene
+        .write(&meg(), |tx| tx.put(ROOT, "locked", true).unwrap())
+        .unwrap();
+    scene.wait(STALE_GRACE_MILLIS + 1);
+    let stale = reply(&scene, "bob");
+    assert_refused(
+        scene.write_at(&bob(), &before_lock, actor_of(&bob()), stale),
+        "locked",
+    );
+}
+
+#[test]
+fn a_manager_who_unlocks_and_replies_in_one_message_is_not_held_to_the_old_lock() {
+    let mut scene = published_post_by(&ada());
+    scene
+        .write(&meg(), |tx| tx.put(ROOT, "locked", true).unwrap())
+        .unwrap();
+    scene.wait(STALE_GRACE_MILLIS + 1);
+    let replies = scene.list("replies");
+    let mut device = scene.doc.fork().with_actor(actor_of(&meg()));
+    let mut unlock = device.transaction();
+    unlock.put(ROOT, "locked", false).unwrap();
+    unlock.commit();
+    let mut answer = device.transaction();
+    let item = answer.insert_object(&replies, 0, ObjType::Map).unwrap();
+    text(&mut answer, &item, "id", "reply-0");
+    text(&mut answer, &item, "author", "meg");
+    answer.put(&item, "created_at", 2_000).unwrap();
+    text(&mut answer, &item, "body", "Open again.");
+    answer.commit();
+    scene.write_message(&meg(), vec![device]).unwrap();
+}
+
+#[test]
 fn an_unknown_post_field_is_refused() {
     let mut scene = published_post_by(&ada());
     assert_refused(
@@ -762,6 +864,25 @@ fn a_removed_members_offline_message_lands_and_one_written_after_seeing_the_remo
     );
 }
 
+#[test]
+fn a_removed_members_message_written_before_the_removal_is_refused_after_the_grace_time() {
+    let mut scene = Scene::new(&meg());
+    scene
+        .write(&meg(), |tx| new_conversation(tx, "meg", &["meg", "bob"]))
+        .unwrap();
+    let before_removal = scene.doc.get_heads();
+    let members = scene.list("members");
+    scene
+        .write(&meg(), move |tx| tx.delete(&members, 1).unwrap())
+        .unwrap();
+    scene.wait(STALE_GRACE_MILLIS + 1);
+    let stale = message(&scene, "bob");
+    assert_refused(
+        scene.write_at(&bob(), &before_removal, actor_of(&bob()), stale),
+        "members-only",
+    );
+}
+
 // ---- actors, drafts, server-kept documents ----------------------------------
 
 #[test]
@@ -815,13 +936,7 @@ fn one_message_binds_at_most_a_bounded_number_of_new_actors() {
     let changes: Vec<_> = device.get_changes(&before);
     let mut doc = scene.doc.clone();
     doc.apply_changes(changes.clone()).unwrap();
-    let verdict = WriteCheck {
-        doc: &doc,
-        user: &meg(),
-        creator: &scene.creator,
-        actors: &scene.actors,
-    }
-    .check(&before, &changes);
+    let verdict = scene.verdict(&doc, &meg(), &before, &changes);
     assert_refused(verdict, "too-many");
     assert_eq!(scene.actors.owner(changes[0].actor_id()).unwrap(), None);
 }
@@ -897,13 +1012,7 @@ impl Scene {
             }
         }
         self.doc.apply_changes(changes.clone()).unwrap();
-        let verdict = WriteCheck {
-            doc: &self.doc,
-            user: who,
-            creator: &self.creator,
-            actors: &self.actors,
-        }
-        .check(&before, &changes);
+        let verdict = self.verdict(&self.doc, who, &before, &changes);
         if verdict.is_err() {
             self.doc = self.doc.fork_at(&before).unwrap();
         }

@@ -25,6 +25,7 @@ use backchannel_sync::Refusal;
 use super::SyncUser;
 use super::actors::{ActorBindings, ClaimError, SERVER_OWNER};
 use super::fields::At;
+use super::restrictions::{Restrictions, is_stricter};
 use super::schema::{
     CONVERSATION_KINDS, CONVERSATION_STATES, DocFacts, DocType, PostStatus, limits,
 };
@@ -102,10 +103,12 @@ fn refuse(rule: &str, detail: impl std::fmt::Display) -> Refusal {
 
 /// Everything the judge needs besides the changes.
 pub struct WriteCheck<'a> {
+    pub document: &'a str,
     pub doc: &'a Automerge,
     pub user: &'a SyncUser,
     pub creator: &'a str,
     pub actors: &'a ActorBindings,
+    pub restrictions: &'a Restrictions,
 }
 
 impl WriteCheck<'_> {
@@ -140,14 +143,23 @@ impl WriteCheck<'_> {
                 Err(ClaimError::Store(error)) => return Err(unrecorded(error)),
             }
         }
-        self.judge(before, changes)?;
+        let before_facts = self.judge(before, changes)?;
         for reservation in reserved {
             reservation.commit().map_err(unrecorded)?;
+        }
+        if is_stricter(&before_facts, &DocFacts::read(At::now(self.doc))) {
+            self.restrictions.record(self.document).map_err(|error| {
+                refuse(
+                    "stale",
+                    format!("the server could not record the restriction: {error}"),
+                )
+            })?;
         }
         Ok(())
     }
 
-    fn judge(&self, before: &[ChangeHash], changes: &[Change]) -> Result<(), Refusal> {
+    /// Judges the message; answers the document's facts before it.
+    fn judge(&self, before: &[ChangeHash], changes: &[Change]) -> Result<DocFacts, Refusal> {
         let before_facts = DocFacts::read(At::heads(self.doc, before));
         let Some(type_name) = before_facts.type_name.clone() else {
             // A document without a type is its creator's alone; the message
@@ -160,10 +172,10 @@ impl WriteCheck<'_> {
                 ));
             }
             let now = At::now(self.doc);
-            return match now.text(&ROOT, "type") {
-                Some(new_type) => self.validate_new_document(&new_type, now),
-                None => Ok(()),
-            };
+            if let Some(new_type) = now.text(&ROOT, "type") {
+                self.validate_new_document(&new_type, now)?;
+            }
+            return Ok(before_facts);
         };
         let doc_type = client_writable_type(&type_name)?;
         // Reading a document at past heads walks its history, so the facts a
@@ -175,7 +187,12 @@ impl WriteCheck<'_> {
             let deps = sorted(change.deps().to_vec());
             let seen = match &known {
                 Some((heads, facts)) if *heads == deps => facts.clone(),
-                _ => DocFacts::read(At::heads(self.doc, &deps)),
+                _ => self.stale_bounded(
+                    DocFacts::read(At::heads(self.doc, &deps)),
+                    &deps,
+                    before,
+                    &before_facts,
+                )?,
             };
             let changed_state = self.judge_change(change, doc_type, &before_facts, &seen)?;
             known = (!changed_state).then(|| (vec![change.hash()], seen));
@@ -186,7 +203,50 @@ impl WriteCheck<'_> {
             // value written on old heads can win a conflict against a newer one.
             self.validate_status_move(&before_facts, At::now(self.doc))?;
         }
-        Ok(())
+        Ok(before_facts)
+    }
+
+    /// The facts a change built on `deps` is judged on. A change written
+    /// without a restriction the server already had (`seen` laxer than
+    /// `before`, and `deps` not built on `before`) is judged as its author
+    /// saw it only within the grace time after the restriction; later it is
+    /// judged on the document as it is.
+    fn stale_bounded(
+        &self,
+        seen: DocFacts,
+        deps: &[ChangeHash],
+        before: &[ChangeHash],
+        before_facts: &DocFacts,
+    ) -> Result<DocFacts, Refusal> {
+        if !is_stricter(&seen, before_facts) || self.built_on(deps, before) {
+            return Ok(seen);
+        }
+        let grace_over = self
+            .restrictions
+            .grace_over(self.document)
+            .map_err(|error| {
+                refuse(
+                    "stale",
+                    format!("the server could not read when the document was restricted: {error}"),
+                )
+            })?;
+        Ok(if grace_over {
+            before_facts.clone()
+        } else {
+            seen
+        })
+    }
+
+    /// Whether every change reachable from `base` is also reachable from
+    /// `deps`.
+    fn built_on(&self, deps: &[ChangeHash], base: &[ChangeHash]) -> bool {
+        let missing: HashSet<ChangeHash> = self
+            .doc
+            .get_changes(deps)
+            .iter()
+            .map(|change| change.hash())
+            .collect();
+        base.iter().all(|head| !missing.contains(head))
     }
 
     /// The state a change is judged on: identity (`author`, `opener`,
@@ -282,7 +342,8 @@ impl WriteCheck<'_> {
                 DocType::Drafts => self.judge_drafts_op(&facts, &place)?,
                 DocType::Index | DocType::Directory | DocType::Inbox => {}
             }
-            if !place.is_flag_field(doc_type) {
+            let clears_a_body = self.is_manager() && place.is_reply_body(doc_type);
+            if !place.is_flag_field(doc_type) && !clears_a_body {
                 self.own_words_only(op)?;
             }
             if let Some(new_object) = ops.created_object(self.doc, index, op)? {
@@ -415,6 +476,12 @@ impl WriteCheck<'_> {
                     "deleted" if is_reply_author => {
                         self.keeps_team_deletion(op)?;
                         touched.reply_flags.push(reply);
+                        Ok(())
+                    }
+                    // A manager who deletes someone's reply may clear its
+                    // words too (checked after the message: empty, deleted).
+                    "body" if self.is_manager() && place.depth() == 3 => {
+                        touched.cleared_bodies.push(reply);
                         Ok(())
                     }
                     "body" | "deleted" => Err(refuse(
@@ -578,6 +645,17 @@ impl WriteCheck<'_> {
                 .text(reply, "body")
                 .ok_or_else(|| refuse("invalid-value", "a reply's `body` is text"))?;
             within(&body, limits::BODY_CHARS, "a reply's `body`")?;
+        }
+        for reply in &touched.cleared_bodies {
+            let cleared = after
+                .text(reply, "body")
+                .is_some_and(|body| body.is_empty());
+            if !cleared || after.boolean(reply, "deleted") != Some(true) {
+                return Err(refuse(
+                    "reply-author-only",
+                    "a manager may only clear the words of a reply they delete",
+                ));
+            }
         }
         for reply in &touched.reply_flags {
             if after.get(reply, "deleted").is_some() && after.boolean(reply, "deleted").is_none() {
@@ -967,6 +1045,8 @@ struct Touched {
     root: HashSet<String>,
     reply_flags: Vec<ObjId>,
     reply_bodies: Vec<ObjId>,
+    /// Replies whose `body` a manager replaced.
+    cleared_bodies: Vec<ObjId>,
     new_objects: Vec<(Place, ObjId)>,
 }
 
@@ -1003,6 +1083,14 @@ impl Place {
     }
 
     /// Fields some role may set over another user's value.
+    /// The `body` field of a reply itself (not an edit inside its text).
+    fn is_reply_body(&self, doc_type: DocType) -> bool {
+        doc_type == DocType::Post
+            && self.depth() == 3
+            && self.key_at(0) == Some("replies")
+            && self.key_at(2) == Some("body")
+    }
+
     fn is_flag_field(&self, doc_type: DocType) -> bool {
         match (doc_type, self.key_at(0)) {
             (DocType::Post, Some("status" | "locked")) => true,

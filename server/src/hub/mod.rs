@@ -32,7 +32,8 @@ use backchannel_sync::{
 };
 
 use crate::community::{
-    ActorBindings, CommunityRules, DOCUMENTS_PER_USER, DocumentQuota, Summary, SyncUser,
+    ActorBindings, BYTES_PER_USER, CommunityRules, DOCUMENTS_PER_USER, Quota, Restrictions,
+    STALE_GRACE_MILLIS, Summary, SyncUser, Usage,
 };
 use crate::store::{Store, StoreError};
 use registry::Registry;
@@ -121,7 +122,18 @@ impl SyncHub {
             .map_err(|error| {
                 StoreError::Backend(format!("the server's actor is not its own: {error:?}"))
             })?;
-        let quota = DocumentQuota::new(store.clone(), DOCUMENTS_PER_USER);
+        let quota = Quota::new(
+            store.clone(),
+            Usage {
+                documents: DOCUMENTS_PER_USER,
+                bytes: BYTES_PER_USER,
+            },
+        );
+        let restrictions = Restrictions::new(
+            store.clone(),
+            Arc::new(crate::auth::now_millis),
+            STALE_GRACE_MILLIS,
+        );
         let tickets = Arc::new(EditTickets::default());
         let registry = Arc::new(Registry::default());
         let health = Arc::new(io::StoreHealth::default());
@@ -133,7 +145,7 @@ impl SyncHub {
             let (sender, receiver) = mpsc::channel();
             let engine = Engine::new(
                 EngineConfig::new(identity.peer_id.clone(), server_actor.clone()),
-                CommunityRules::new(actors.clone(), quota.clone()),
+                CommunityRules::new(actors.clone(), quota.clone(), restrictions.clone()),
             );
             let context = shard::ShardContext {
                 inbox: sender.clone(),
