@@ -81,6 +81,8 @@ export interface IndexEntry {
 export interface IndexDoc {
   type: "index";
   posts: Record<DocId, IndexEntry>;
+  /** Set on an index the server replaced (it is rebuilt when a post leaves it): the current one. */
+  moved_to?: string;
 }
 
 export interface DirectoryDoc {

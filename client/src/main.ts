@@ -188,16 +188,45 @@ async function route(): Promise<void> {
 async function startDocs(user: User): Promise<StartDocs> {
   const key = `backchannel.docs.${user.id}`;
   const kept = localStorage.getItem(key);
+  const known = kept ? (JSON.parse(kept) as StartDocs) : null;
   const fetched = api<{ docs: StartDocs }>("GET", "/api/me").then(answer => {
     localStorage.setItem(key, JSON.stringify(answer.docs));
+    if (known && known.index !== answer.docs.index) indexMoved(user, known.index, answer.docs.index);
     return answer.docs;
   });
   // Never wait on the network when this device already knows them.
-  if (kept) {
+  if (known) {
     fetched.catch(() => undefined);
-    return JSON.parse(kept) as StartDocs;
+    return known;
   }
   return fetched;
+}
+
+/** Old indexes this device still holds a copy of, dropped at the next start. */
+const retiredKey = (user: User): string => `backchannel.retired.${user.id}`;
+let reloadOnNextRoute = false;
+
+/**
+ * The server rebuilt the index: remember the new one and start again on it,
+ * at once unless someone is typing (then at their next move; what they type
+ * is kept either way).
+ */
+function indexMoved(user: User, from: string, to: string): void {
+  const key = `backchannel.docs.${user.id}`;
+  const docs = JSON.parse(localStorage.getItem(key) ?? "null") as StartDocs | null;
+  if (docs && docs.index === from) localStorage.setItem(key, JSON.stringify({ ...docs, index: to }));
+  const retired = new Set(JSON.parse(localStorage.getItem(retiredKey(user)) ?? "[]") as string[]);
+  retired.add(from);
+  localStorage.setItem(retiredKey(user), JSON.stringify([...retired]));
+  const typing = document.activeElement instanceof HTMLTextAreaElement || document.activeElement instanceof HTMLInputElement;
+  if (typing) reloadOnNextRoute = true;
+  else location.reload();
+}
+
+function forgetRetired(user: User, next: Community): void {
+  const retired = JSON.parse(localStorage.getItem(retiredKey(user)) ?? "[]") as string[];
+  for (const url of retired) next.dropCopy(url);
+  localStorage.removeItem(retiredKey(user));
 }
 
 async function start(user: User | null, event: SessionEvent | "opened"): Promise<void> {
@@ -233,9 +262,11 @@ async function start(user: User | null, event: SessionEvent | "opened"): Promise
     sessionStorage.setItem("backchannel.refusal", JSON.stringify(refusal));
     location.reload();
   });
+  next.onIndexMoved(to => indexMoved(user, next.index.url, to));
   root.replaceChildren(h("p", { className: "note" }, "Opening…"));
   await next.start(await startDocs(user));
   if (community !== next) return;
+  forgetRetired(user, next);
   drawTabs(user);
   await route();
   showRefusal();
@@ -244,6 +275,10 @@ async function start(user: User | null, event: SessionEvent | "opened"): Promise
 
 let moved = false;
 addEventListener("hashchange", () => {
+  if (reloadOnNextRoute) {
+    location.reload();
+    return;
+  }
   moved = true;
   void route();
 });

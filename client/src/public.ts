@@ -61,6 +61,18 @@ export async function thread(screen: Screen, id: string): Promise<void> {
   const post = await openOrExplain<PostDoc>(screen, id, "post", "post");
   if (!post) return;
   const me = community.user.id;
+  // The words go from the post as it is now; they stay in its history, which
+  // its readers hold (docs/RULES.md).
+  const deleteReply = (replyId: string): void => {
+    post.change(d => {
+      const found = d.replies.find(r => textOf(r.id) === replyId);
+      if (found) {
+        found.deleted = true;
+        found.body = "";
+      }
+    });
+    community.touched(post.documentId);
+  };
   const title = h("h2", { tabIndex: -1 });
   const byline = h("p", { className: "meta" });
   const body = h("div", { className: "post-body" });
@@ -103,13 +115,14 @@ export async function thread(screen: Screen, id: string): Promise<void> {
               textOf(reply.author) === me && !reply.deleted && status === "published"
                 ? button("Delete my reply", () => {
                     if (!confirm("Delete your reply? Everyone will see “(deleted)” instead.")) return;
-                    post.change(d => {
-                      const found = d.replies.find(r => textOf(r.id) === textOf(reply.id));
-                      if (found) found.deleted = true;
-                    });
-                    community.touched(post.documentId);
+                    deleteReply(textOf(reply.id));
                   }, { className: "link", ariaLabel: `Delete my reply from ${timeText(reply.created_at)}` })
-                : null,
+                : community.isManager() && !reply.deleted && status === "published"
+                  ? button("Delete this reply", () => {
+                      if (!confirm(`Delete this reply by ${community.nameOf(textOf(reply.author))}? Everyone will see “(deleted)” instead.`)) return;
+                      deleteReply(textOf(reply.id));
+                    }, { className: "link", ariaLabel: `Delete the reply by ${community.nameOf(textOf(reply.author))} from ${timeText(reply.created_at)}` })
+                  : null,
             ),
           )
         : [h("li", { className: "empty" }, "No replies yet.")]),

@@ -283,6 +283,12 @@ export class Community implements TypingJournal {
       this.open<InboxDoc>(docs.inbox),
       this.open<DraftsDoc>(docs.drafts),
     ]);
+    const moved = (): void => {
+      const to = this.index.doc()?.moved_to;
+      if (to) for (const listener of this.#movedListeners) listener(to);
+    };
+    this.index.on("change", moved);
+    moved();
     // The stock client only syncs documents it has open: open everything
     // this user wrote, so offline work from an earlier visit goes out.
     // Likewise anything changed here that the server had not confirmed when
@@ -305,6 +311,18 @@ export class Community implements TypingJournal {
     this.touched(documentId);
     clearTimeout(this.#journalTimer);
     this.#journalTimer = setTimeout(() => void this.#trimJournal(), 500);
+  }
+
+  #movedListeners = new Set<(url: string) => void>();
+
+  /** The server rebuilt the index (a post left it, and its title must not stay in any history): `url` is the current one. */
+  onIndexMoved(listener: (url: string) => void): void {
+    this.#movedListeners.add(listener);
+  }
+
+  /** Drops this device's copy of a document nobody may read any more. */
+  dropCopy(url: string): void {
+    if (url !== this.index.url) this.repo.delete(url as AutomergeUrl);
   }
 
   #refusalListeners = new Set<(refusal: Refusal) => void>();

@@ -13,7 +13,8 @@ pub enum Field {
     Int(i64),
 }
 
-fn put_if_changed(
+/// Sets `obj[key]` to `value` unless it already holds it.
+pub fn put_field(
     tx: &mut Transaction<'_>,
     obj: &ObjId,
     key: &str,
@@ -57,10 +58,10 @@ pub fn ensure_base(
     root_fields: &[(&str, Field)],
     collection: &str,
 ) -> Result<ObjId, AutomergeError> {
-    put_if_changed(tx, &ROOT, "type", &Field::Text(doc_type.to_string()))?;
-    put_if_changed(tx, &ROOT, "schema", &Field::Int(1))?;
+    put_field(tx, &ROOT, "type", &Field::Text(doc_type.to_string()))?;
+    put_field(tx, &ROOT, "schema", &Field::Int(1))?;
     for (key, value) in root_fields {
-        put_if_changed(tx, &ROOT, key, value)?;
+        put_field(tx, &ROOT, key, value)?;
     }
     map_at(tx, &ROOT, collection)
 }
@@ -75,7 +76,7 @@ pub fn put_entry(
 ) -> Result<(), AutomergeError> {
     let entry = map_at(tx, collection, key)?;
     for (field, value) in fields {
-        put_if_changed(tx, &entry, field, value)?;
+        put_field(tx, &entry, field, value)?;
     }
     let stale: Vec<String> = tx
         .keys(&entry)
@@ -112,4 +113,13 @@ pub fn put_text(
 /// An empty map at the root `key` unless one is there.
 pub fn ensure_map(tx: &mut Transaction<'_>, key: &str) -> Result<(), AutomergeError> {
     map_at(tx, &ROOT, key).map(drop)
+}
+
+/// Takes a kept document's `type` away, so that nobody but the server reads
+/// it any more (see `community::read`).
+pub fn retire(tx: &mut Transaction<'_>) -> Result<(), AutomergeError> {
+    if tx.get(ROOT, "type")?.is_some() {
+        tx.delete(ROOT, "type")?;
+    }
+    Ok(())
 }

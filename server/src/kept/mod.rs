@@ -30,9 +30,14 @@ use crate::hub::{EditFn, SyncHub};
 use crate::push::{Push, recipients};
 use crate::store::{Batch, Store, StoreError};
 pub use edits::put_text;
-use edits::{Field, ensure_base, put_entry, remove_entry};
+use edits::{Field, ensure_base, put_entry, remove_entry, retire};
 
 const INDEX_KEY: &str = "kept/index";
+/// Stored (with the catalog) when a published post left the index: its title
+/// stays in the index's history, so the index is built anew without it.
+const INDEX_REBUILD_KEY: &str = "kept/index-rebuild";
+/// Indexes replaced by a rebuilt one and not yet closed to every reader.
+const INDEX_RETIRED_PREFIX: &str = "kept/index-retired/";
 const DIRECTORY_KEY: &str = "kept/directory";
 
 pub const ANONYMOUS_NAME: &str = "Anonymous";
@@ -179,6 +184,7 @@ impl KeptDocs {
             managers: HashSet::new(),
             names: HashMap::new(),
             unfinished: Unfinished::default(),
+            index_needs_rebuild: false,
         };
         let thread = std::thread::Builder::new()
             .name("kept-projector".into())
@@ -321,6 +327,8 @@ struct Projector {
     managers: HashSet<String>,
     names: HashMap<String, String>,
     unfinished: Unfinished,
+    /// A published post left the index since it was last built.
+    index_needs_rebuild: bool,
 }
 
 /// How many inputs the projector handles before it waits for their edits.
@@ -353,6 +361,9 @@ impl Projector {
             if let Err(error) = self.match_inbox_to_role(user) {
                 tracing::error!(%error, user = %user.id, "could not rebuild an inbox");
             }
+        }
+        if let Err(error) = self.resume_index_rebuild() {
+            tracing::error!(%error, "could not finish rebuilding the index");
         }
         self.finish();
         while let Ok(first) = feed.recv() {
@@ -430,8 +441,98 @@ impl Projector {
         });
         match stored {
             Ok(()) => self.push.wake(unfinished.queued),
-            Err(error) => tracing::error!(%error, "could not store the projected catalog"),
+            Err(error) => {
+                tracing::error!(%error, "could not store the projected catalog");
+                return;
+            }
         }
+        if self.index_needs_rebuild
+            && let Err(error) = self.rebuild_index()
+        {
+            tracing::error!(%error, "could not rebuild the index; it is tried again after the next change");
+        }
+    }
+
+    /// Sends a server edit and waits until it is durable.
+    fn edit_and_wait(&self, id: DocumentId, apply: EditFn) -> Result<(), StoreError> {
+        self.kept
+            .hub
+            .edit_with_receipt(id, SERVER_OWNER, apply)
+            .blocking_recv()
+            .unwrap_or_else(|_| Err("the sync hub stopped".to_string()))
+            .map_err(StoreError::Backend)
+    }
+
+    /// Builds a new index from the catalog's published posts, points
+    /// `kept/index` at it and retires the old one. A post that left the
+    /// index keeps its title in the old index's history; a new index has no
+    /// such history, and the old one is closed to everyone.
+    fn rebuild_index(&mut self) -> Result<(), StoreError> {
+        let store = self.kept.store.clone();
+        let old = self.kept.index_id()?;
+        let new = random_document_id();
+        let everything = catalog::everything(store.as_ref())?;
+        let entries: Vec<(String, Vec<(&'static str, Field)>)> = everything
+            .posts
+            .iter()
+            .filter(|(_, post)| post.is_published())
+            .map(|(id, post)| (id.clone(), index_entry(post, self.name_of(&post.author))))
+            .collect();
+        let posts = entries.len();
+        self.edit_and_wait(
+            new,
+            Box::new(move |tx| {
+                let index = index_base(tx)?;
+                for (key, entry) in &entries {
+                    put_entry(tx, &index, key, entry)?;
+                }
+                Ok(())
+            }),
+        )?;
+        store.apply(
+            Batch::new()
+                .put(INDEX_KEY, new.to_string())
+                .put(format!("{INDEX_RETIRED_PREFIX}{old}"), Vec::new())
+                .delete(INDEX_REBUILD_KEY),
+        )?;
+        store.flush()?;
+        self.index_needs_rebuild = false;
+        tracing::info!(%old, %new, posts, "rebuilt the index without the posts that left it");
+        self.retire_index(old)
+    }
+
+    /// Tells the old index's live readers where the index moved, then takes
+    /// its `type` away: a document without a type is readable by its creator
+    /// (the server) only, so nobody syncs its history any more.
+    fn retire_index(&mut self, old: DocumentId) -> Result<(), StoreError> {
+        let moved_to = self.kept.index_id()?.url();
+        self.edit_and_wait(
+            old,
+            Box::new(move |tx| {
+                edits::put_field(tx, &automerge::ROOT, "moved_to", &Field::Text(moved_to))
+            }),
+        )?;
+        self.edit_and_wait(old, Box::new(retire))?;
+        self.kept
+            .store
+            .delete(format!("{INDEX_RETIRED_PREFIX}{old}").as_bytes())
+    }
+
+    /// Finishes what a stop left of a rebuild: indexes still to retire, and a
+    /// rebuild asked for but not done.
+    fn resume_index_rebuild(&mut self) -> Result<(), StoreError> {
+        let store = self.kept.store.clone();
+        for (key, _) in store.scan_prefix(INDEX_RETIRED_PREFIX.as_bytes())? {
+            let text = String::from_utf8_lossy(&key[INDEX_RETIRED_PREFIX.len()..]).into_owned();
+            match DocumentId::parse_url_or_id(&text) {
+                Ok(old) => self.retire_index(old)?,
+                Err(_) => store.delete(&key)?,
+            }
+        }
+        if store.get(INDEX_REBUILD_KEY.as_bytes())?.is_some() {
+            self.rebuild_index()?;
+        }
+        Ok(())
     }
 
     fn name_of(&mut self, user_id: &str) -> String {
@@ -507,6 +608,11 @@ impl Projector {
                 );
             }
         } else if old.is_none_or(PostSummary::is_published) {
+            if old.is_some() {
+                self.index_needs_rebuild = true;
+                let batch = std::mem::take(&mut self.unfinished.batch);
+                self.unfinished.batch = batch.put(INDEX_REBUILD_KEY, Vec::new());
+            }
             self.edit(
                 index,
                 Box::new(move |tx| {

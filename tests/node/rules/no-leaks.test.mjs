@@ -10,7 +10,8 @@ import assert from "node:assert/strict"
 import * as A from "@automerge/automerge"
 
 import { documentIdOf } from "../lib/forged-client.mjs"
-import { conversation, message, post, reply, startCommunity } from "../lib/community.mjs"
+import { conversation, expectUnavailable, message, plain, post, reply, startCommunity } from "../lib/community.mjs"
+import { waitForDoc } from "../lib/people.mjs"
 import { apiGet, sleep, withTimeout } from "../lib/servers.mjs"
 
 const onlyUnavailable = m => m.type === "doc-unavailable"
@@ -183,6 +184,35 @@ describe("no leaks on the wire", () => {
       }
       assert.ok(listed, `${reader}'s inbox lists the conversation`)
     }
+  })
+
+  test("a hidden post's title is in nothing a member can sync: the index is rebuilt without it and the old one closed", async () => {
+    const title = `hidden-title-${Date.now()}`
+    const indexOf = async person => (await apiGet(community.server.httpUrl, "/api/me", await person.token())).body.docs.index
+    const oldIndex = await indexOf(ada)
+    const watching = await (await ada.stock()).find(oldIndex)
+    const hidden = await ada.create(post(ada, { title }))
+    await waitForDoc(watching, d => d.posts?.[hidden.documentId], { what: "the post in the index" })
+    await manager.edit(hidden.url, d => {
+      d.status = "hidden"
+    })
+    let newIndex = oldIndex
+    for (let attempt = 0; attempt < 100 && newIndex === oldIndex; attempt++) {
+      await sleep(100)
+      newIndex = await indexOf(ada)
+    }
+    assert.notEqual(newIndex, oldIndex, "the index is rebuilt once a post leaves it")
+    await waitForDoc(watching, d => String(d.moved_to ?? "") === newIndex, { what: "the old index to say where the index moved" })
+
+    const erin = await community.signUp("Erin")
+    const { available, automerge: rebuilt, doc } = await erin.read(newIndex)
+    assert.ok(available, "a member reads the new index")
+    assert.ok(doc.posts[publicPost.documentId], "the new index lists the published posts")
+    assert.equal(doc.posts[hidden.documentId], undefined)
+    for (const { snapshot } of A.getHistory(rebuilt)) {
+      assert.equal(JSON.stringify(plain(snapshot)).includes(title), false, "no state in the new index's history holds the hidden title")
+    }
+    await expectUnavailable(erin, oldIndex)
   })
 
   test("a stock client of a non-member finds nothing and the server sends it nothing of the document", async () => {
