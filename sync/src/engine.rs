@@ -90,6 +90,9 @@ pub trait Policy {
 
     /// Judges `changes`, already applied to `document`, whose heads before
     /// them were `before`. `creating` is true when these changes create it.
+    /// An accepted message answers the store writes its verdict needs (an
+    /// actor bound to its user, a quota counted): they go in the same write
+    /// as the changes, so both are durable or neither is.
     fn check_changes(
         &self,
         user: &Self::User,
@@ -97,7 +100,7 @@ pub trait Policy {
         before: &[ChangeHash],
         changes: &[Change],
         creating: bool,
-    ) -> Result<(), Refusal>;
+    ) -> Result<Vec<StorageWrite>, Refusal>;
 
     /// Describes a document after durable changes, or `None` if nothing is
     /// derived from it.
@@ -947,11 +950,11 @@ impl<P: Policy> Engine<P> {
                 };
                 self.policy
                     .check_changes(&connection.user, view, &before, &changes, creating)
-                    .map(|()| changes)
+                    .map(|verdict_writes| (changes, verdict_writes))
             }
         };
         match verdict {
-            Ok(changes) => {
+            Ok((changes, verdict_writes)) => {
                 let user_id = self.policy.user_id(&connection.user).to_string();
                 record_accepted(
                     &self.policy,
@@ -964,7 +967,7 @@ impl<P: Policy> Engine<P> {
                         ticket: None,
                     },
                     &changes,
-                    true,
+                    Origin::Client(verdict_writes),
                     effects,
                 );
             }
@@ -1084,7 +1087,7 @@ impl<P: Policy> Engine<P> {
                 .check_changes(&connection.user, view, &before, &changes, false)
         });
         match verdict {
-            Ok(()) => {
+            Ok(verdict_writes) => {
                 let user_id = self.policy.user_id(&connection.user).to_string();
                 record_accepted(
                     &self.policy,
@@ -1097,7 +1100,7 @@ impl<P: Policy> Engine<P> {
                         ticket: None,
                     },
                     &changes,
-                    true,
+                    Origin::Client(verdict_writes),
                     effects,
                 );
             }
@@ -1181,7 +1184,7 @@ impl<P: Policy> Engine<P> {
                 ticket,
             },
             &changes,
-            false,
+            Origin::Server,
             effects,
         );
     }
@@ -1834,6 +1837,13 @@ impl<U> Existing<U> {
     }
 }
 
+/// Who made accepted changes: a client (with the store writes the policy's
+/// verdict needs) or the server itself.
+enum Origin {
+    Client(Vec<StorageWrite>),
+    Server,
+}
+
 /// Queues the writes of changes just applied (`changes`, made by
 /// `accepted.user_id`): they are stored with the round's one write, and
 /// acknowledged to peers, and to whoever waited for the document, only
@@ -1847,7 +1857,7 @@ fn record_accepted<P: Policy>(
     document_id: DocumentId,
     accepted: Unacknowledged,
     changes: &[Change],
-    from_client: bool,
+    origin: Origin,
     effects: &mut Vec<Effect<P::Summary>>,
 ) {
     let Some(existing) = loaded.existing.as_mut() else {
@@ -1869,11 +1879,12 @@ fn record_accepted<P: Policy>(
         key: storage::change_chunk_key(&document_id, &changes[0].hash()),
         value: chunk,
     });
-    if from_client {
+    if let Origin::Client(verdict_writes) = origin {
         writes.push(StorageWrite::Put {
             key: storage::changed_key(&document_id),
             value: Vec::new(),
         });
+        writes.extend(verdict_writes);
     }
     loaded.unacknowledged.push(accepted);
     loaded.owed.extend(existing.peers.keys().copied());

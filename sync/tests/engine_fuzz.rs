@@ -45,10 +45,10 @@ impl Policy for OpenPolicy {
         _before: &[ChangeHash],
         _changes: &[automerge::Change],
         _creating: bool,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Vec<StorageWrite>, Refusal> {
         match document.doc.get(ROOT, "forbidden") {
             Ok(Some(_)) => Err(Refusal::new("no one may write `forbidden`")),
-            _ => Ok(()),
+            _ => Ok(Vec::new()),
         }
     }
 

@@ -36,15 +36,18 @@ impl Policy for TestPolicy {
 
     fn check_changes(
         &self,
-        _user: &String,
+        user: &String,
         document: DocumentView<'_>,
         _before: &[ChangeHash],
         _changes: &[automerge::Change],
         _creating: bool,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Vec<StorageWrite>, Refusal> {
         match document.doc.get(ROOT, "forbidden") {
             Ok(Some(_)) => Err(Refusal::new("no one may write `forbidden`")),
-            _ => Ok(()),
+            _ => Ok(vec![StorageWrite::Put {
+                key: verdict_key(document.id, user),
+                value: Vec::new(),
+            }]),
         }
     }
 
@@ -76,6 +79,11 @@ struct World {
 }
 
 const SERVER: &str = "server";
+
+/// What the test policy stores for each message it accepts.
+fn verdict_key(document: &DocumentId, user: &str) -> String {
+    format!("verdict/{document}/{user}")
+}
 
 fn doc_id(n: u8) -> DocumentId {
     DocumentId::from_bytes([n; 16])
@@ -488,6 +496,30 @@ fn nothing_is_acknowledged_or_relayed_before_the_write_is_durable() {
         heads_with_change
     );
     assert_eq!(world.value(laptop, doc_id(1), "n"), Some(2));
+}
+
+#[test]
+fn what_the_policy_stores_for_an_accepted_message_goes_in_the_write_of_its_changes() {
+    let mut world = World::new();
+    let phone = world.connect("ada", None);
+    world.edit(phone, doc_id(1), "n", 1);
+    world.writes_are_durable_at_once = false;
+    world.sync(phone, doc_id(1));
+    let (_, writes) = &world.held_writes[0];
+    let keys: Vec<&str> = writes
+        .iter()
+        .map(|write| match write {
+            StorageWrite::Put { key, .. } | StorageWrite::Delete { key } => key.as_str(),
+        })
+        .collect();
+    assert!(keys.contains(&verdict_key(&doc_id(1), "ada").as_str()));
+    assert!(keys.contains(&storage::meta_key(&doc_id(1)).as_str()));
+    world.release_writes();
+
+    let bob = world.connect("bob", None);
+    world.edit(bob, doc_id(2), "forbidden", 1);
+    world.sync(bob, doc_id(2));
+    assert!(!world.store.contains_key(&verdict_key(&doc_id(2), "bob")));
 }
 
 #[test]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use automerge::{ActorId, Change, ChangeHash};
 use backchannel_sync::handshake::{self, ServerIdentity};
+use backchannel_sync::storage::StorageWrite;
 use backchannel_sync::{
     Connection, ConnectionId, DocMessage, DocumentId, DocumentMessage, DocumentView, Effect,
     Engine, EngineConfig, Input, Message, PeerId, Policy, Refusal, StorageId,
@@ -42,8 +43,8 @@ impl Policy for OpenPolicy {
         _before: &[ChangeHash],
         _changes: &[Change],
         _creating: bool,
-    ) -> Result<(), Refusal> {
-        Ok(())
+    ) -> Result<Vec<StorageWrite>, Refusal> {
+        Ok(Vec::new())
     }
 
     fn summarize(&self, _document: DocumentView<'_>) -> Option<()> {

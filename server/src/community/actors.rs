@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use automerge::ActorId;
+use backchannel_sync::storage::StorageWrite;
 
-use crate::store::{Store, StoreError};
+use crate::store::{Batch, Store, StoreError};
 
 /// The owner recorded for the server's own actor.
 pub const SERVER_OWNER: &str = backchannel_sync::SERVER_USER;
@@ -33,8 +34,8 @@ impl std::fmt::Debug for ActorBindings {
     }
 }
 
-fn key(actor: &ActorId) -> Vec<u8> {
-    format!("actor/{}", actor.to_hex_string()).into_bytes()
+fn key(actor: &ActorId) -> String {
+    format!("actor/{}", actor.to_hex_string())
 }
 
 /// Why a change's actor was refused.
@@ -45,7 +46,7 @@ pub enum ClaimError {
 }
 
 /// A new actor held for one user while their message is judged; released
-/// unless [`Reservation::commit`] stores it.
+/// unless [`Reservation::commit`] binds it.
 pub struct Reservation {
     bindings: ActorBindings,
     actor: ActorId,
@@ -53,20 +54,18 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Records the binding. It becomes durable with the store's next flush,
-    /// which precedes any acknowledgement of the change.
-    pub fn commit(mut self) -> Result<(), StoreError> {
+    /// Binds the actor to its user from now on; the binding is stored by the
+    /// write this answers, which goes with the changes that brought it.
+    pub fn commit(mut self) -> Option<StorageWrite> {
         let mut known = self.bindings.lock();
-        let Some(user) = known.reserved.get(&self.actor).cloned() else {
-            return Ok(());
+        let user = known.reserved.remove(&self.actor)?;
+        let write = StorageWrite::Put {
+            key: key(&self.actor),
+            value: user.clone().into_bytes(),
         };
-        self.bindings
-            .store
-            .put(&key(&self.actor), user.as_bytes())?;
-        known.reserved.remove(&self.actor);
         known.owners.insert(self.actor.clone(), user);
         self.committed = true;
-        Ok(())
+        Some(write)
     }
 }
 
@@ -110,7 +109,7 @@ impl ActorBindings {
         }
         let owner = self
             .store
-            .get(&key(actor))?
+            .get(key(actor).as_bytes())?
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
         if let Some(owner) = &owner {
             known.owners.insert(actor.clone(), owner.clone());
@@ -140,12 +139,13 @@ impl ActorBindings {
         }
     }
 
-    /// Binds `actor` to `user` at once unless it is already someone else's.
+    /// Binds `actor` to `user` at once, in the store, unless it is already
+    /// someone else's.
     pub fn claim(&self, actor: &ActorId, user: &str) -> Result<(), ClaimError> {
-        match self.reserve(actor, user)? {
-            Some(reservation) => reservation.commit().map_err(ClaimError::Store),
-            None => Ok(()),
-        }
+        let writes = self.reserve(actor, user)?.and_then(Reservation::commit);
+        self.store
+            .apply(Batch::of(writes.into_iter().collect()))
+            .map_err(ClaimError::Store)
     }
 }
 

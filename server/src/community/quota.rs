@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::store::{Batch, Store, StoreError};
+use backchannel_sync::storage::StorageWrite;
+
+use crate::store::{Store, StoreError};
 
 use super::actors::SERVER_OWNER;
 
@@ -59,12 +61,12 @@ pub enum QuotaError {
     Store(StoreError),
 }
 
-fn documents_key(user: &str) -> Vec<u8> {
-    format!("quota/documents/{user}").into_bytes()
+fn documents_key(user: &str) -> String {
+    format!("quota/documents/{user}")
 }
 
-fn bytes_key(user: &str) -> Vec<u8> {
-    format!("quota/bytes/{user}").into_bytes()
+fn bytes_key(user: &str) -> String {
+    format!("quota/bytes/{user}")
 }
 
 impl Quota {
@@ -76,10 +78,10 @@ impl Quota {
         }
     }
 
-    fn stored(&self, key: &[u8]) -> Result<u64, StoreError> {
+    fn stored(&self, key: &str) -> Result<u64, StoreError> {
         Ok(self
             .store
-            .get(key)?
+            .get(key.as_bytes())?
             .and_then(|bytes| bytes.try_into().ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0))
@@ -134,31 +136,49 @@ impl Quota {
         self.after(&mut self.lock(), user, adding).map(drop)
     }
 
-    /// Counts `adding` to `user`'s usage, unless it would pass a limit.
-    pub fn take(&self, user: &str, adding: Usage) -> Result<(), QuotaError> {
+    /// Counts `adding` to `user`'s usage from now on, unless it would pass a
+    /// limit; answers the writes that store the new counts (they go with the
+    /// changes counted). Two shards may store one user's counts in either
+    /// order, so a count can lag by a message: it never runs ahead.
+    pub fn take(&self, user: &str, adding: Usage) -> Result<Vec<StorageWrite>, QuotaError> {
         let mut used = self.lock();
-        if let Some(after) = self.after(&mut used, user, adding)? {
-            let before = self.usage(&mut used, user).map_err(QuotaError::Store)?;
-            let mut batch = Batch::new();
-            if after.documents != before.documents {
-                batch = batch.put(documents_key(user), after.documents.to_be_bytes().to_vec());
-            }
-            if after.bytes != before.bytes {
-                batch = batch.put(bytes_key(user), after.bytes.to_be_bytes().to_vec());
-            }
-            if !batch.is_empty() {
-                self.store.apply(batch).map_err(QuotaError::Store)?;
-            }
-            used.insert(user.to_string(), after);
+        let Some(after) = self.after(&mut used, user, adding)? else {
+            return Ok(Vec::new());
+        };
+        let before = self.usage(&mut used, user).map_err(QuotaError::Store)?;
+        let mut writes = Vec::new();
+        if after.documents != before.documents {
+            writes.push(StorageWrite::Put {
+                key: documents_key(user),
+                value: after.documents.to_be_bytes().to_vec(),
+            });
         }
-        Ok(())
+        if after.bytes != before.bytes {
+            writes.push(StorageWrite::Put {
+                key: bytes_key(user),
+                value: after.bytes.to_be_bytes().to_vec(),
+            });
+        }
+        used.insert(user.to_string(), after);
+        Ok(writes)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{Batch, MemoryStore};
+
+    /// Counts `adding` and stores the counts, as the round's write would.
+    fn take_stored(
+        quota: &Quota,
+        store: &Arc<dyn Store>,
+        user: &str,
+        adding: Usage,
+    ) -> Result<(), QuotaError> {
+        let writes = quota.take(user, adding)?;
+        store.apply(Batch::of(writes)).map_err(QuotaError::Store)
+    }
 
     #[test]
     fn a_member_who_created_their_quota_of_documents_is_refused_a_new_one() {
@@ -217,23 +237,23 @@ mod tests {
             bytes: 1_000,
         };
         let quota = Quota::new(store.clone(), limit);
-        quota.take("ada", ONE_DOCUMENT).unwrap();
-        quota.take("ada", ONE_DOCUMENT).unwrap();
+        take_stored(&quota, &store, "ada", ONE_DOCUMENT).unwrap();
+        take_stored(&quota, &store, "ada", ONE_DOCUMENT).unwrap();
         assert!(matches!(
             quota.has_room("ada", ONE_DOCUMENT),
             Err(QuotaError::Documents { limit: 2 })
         ));
         assert!(matches!(
-            quota.take("ada", ONE_DOCUMENT),
+            take_stored(&quota, &store, "ada", ONE_DOCUMENT),
             Err(QuotaError::Documents { limit: 2 })
         ));
-        quota.take("bob", ONE_DOCUMENT).unwrap();
-        let restarted = Quota::new(store, limit);
+        take_stored(&quota, &store, "bob", ONE_DOCUMENT).unwrap();
+        let restarted = Quota::new(store.clone(), limit);
         assert!(matches!(
-            restarted.take("ada", ONE_DOCUMENT),
+            take_stored(&restarted, &store, "ada", ONE_DOCUMENT),
             Err(QuotaError::Documents { .. })
         ));
-        restarted.take("bob", ONE_DOCUMENT).unwrap();
+        take_stored(&restarted, &store, "bob", ONE_DOCUMENT).unwrap();
     }
 
     #[test]
@@ -248,19 +268,19 @@ mod tests {
             bytes,
         };
         let quota = Quota::new(store.clone(), limit);
-        quota.take("ada", bytes(600)).unwrap();
+        take_stored(&quota, &store, "ada", bytes(600)).unwrap();
         quota.has_room("ada", bytes(400)).unwrap();
         assert!(matches!(
             quota.has_room("ada", bytes(401)),
             Err(QuotaError::Bytes { limit: 1_000 })
         ));
-        quota.take("bob", bytes(1_000)).unwrap();
-        let restarted = Quota::new(store, limit);
+        take_stored(&quota, &store, "bob", bytes(1_000)).unwrap();
+        let restarted = Quota::new(store.clone(), limit);
         assert!(matches!(
-            restarted.take("ada", bytes(401)),
+            take_stored(&restarted, &store, "ada", bytes(401)),
             Err(QuotaError::Bytes { .. })
         ));
-        restarted.take("ada", bytes(400)).unwrap();
+        take_stored(&restarted, &store, "ada", bytes(400)).unwrap();
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! dependencies forever and write to a locked post or a conversation it was
 //! removed from. Kept in the store under `restricted/<document id>`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use backchannel_sync::storage::StorageWrite;
 
 use crate::store::{Store, StoreError};
 
@@ -24,6 +27,8 @@ pub struct Restrictions {
     store: Arc<dyn Store>,
     clock: Clock,
     grace_millis: u64,
+    /// Restrictions recorded since start, whose writes may not be stored yet.
+    recorded: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl std::fmt::Debug for Restrictions {
@@ -34,8 +39,8 @@ impl std::fmt::Debug for Restrictions {
     }
 }
 
-fn key(document: &str) -> Vec<u8> {
-    format!("restricted/{document}").into_bytes()
+fn key(document: &str) -> String {
+    format!("restricted/{document}")
 }
 
 /// Whether `now` is stricter than `then` for someone: locked, hidden, or a
@@ -56,28 +61,42 @@ impl Restrictions {
             store,
             clock,
             grace_millis,
+            recorded: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// Notes that `document` became stricter now.
-    pub fn record(&self, document: &str) -> Result<(), StoreError> {
-        self.store
-            .put(&key(document), &(self.clock)().to_be_bytes())
+    /// Notes that `document` became stricter now; answers the write that
+    /// stores it (it goes with the changes that restricted the document).
+    pub fn record(&self, document: &str) -> StorageWrite {
+        let now = (self.clock)();
+        self.lock().insert(document.to_string(), now);
+        StorageWrite::Put {
+            key: key(document),
+            value: now.to_be_bytes().to_vec(),
+        }
     }
 
     /// Whether `document`'s latest restriction is older than the grace time.
     /// A document with no record was restricted before records were kept,
     /// so its grace is over.
     pub fn grace_over(&self, document: &str) -> Result<bool, StoreError> {
-        let Some(at) = self
-            .store
-            .get(&key(document))?
-            .and_then(|bytes| bytes.try_into().ok())
-            .map(u64::from_be_bytes)
-        else {
+        let recorded = self.lock().get(document).copied();
+        let at = match recorded {
+            Some(at) => Some(at),
+            None => self
+                .store
+                .get(key(document).as_bytes())?
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(u64::from_be_bytes),
+        };
+        let Some(at) = at else {
             return Ok(true);
         };
         Ok((self.clock)().saturating_sub(at) > self.grace_millis)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -97,7 +116,7 @@ mod tests {
             Arc::new(move || clock_now.load(Ordering::SeqCst)),
             500,
         );
-        restrictions.record("doc").unwrap();
+        restrictions.record("doc");
         now.store(1_500, Ordering::SeqCst);
         assert!(!restrictions.grace_over("doc").unwrap());
         now.store(1_501, Ordering::SeqCst);

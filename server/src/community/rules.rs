@@ -2,6 +2,7 @@
 //! and every incoming change goes through here.
 
 use automerge::{Change, ChangeHash};
+use backchannel_sync::storage::StorageWrite;
 use backchannel_sync::{DocumentView, Policy, Refusal};
 
 use super::actors::ActorBindings;
@@ -62,7 +63,7 @@ impl Policy for CommunityRules {
         before: &[ChangeHash],
         changes: &[Change],
         creating: bool,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Vec<StorageWrite>, Refusal> {
         let quota_refusal = |error| match error {
             QuotaError::Documents { limit } => Refusal::new(format!(
                 "rule quota: you have created {limit} documents, the most one person may"
@@ -87,7 +88,7 @@ impl Policy for CommunityRules {
             .has_room(&user.id, adding)
             .map_err(quota_refusal)?;
         let id = document.id.to_string();
-        WriteCheck {
+        let verdict_writes = WriteCheck {
             document: &id,
             doc: document.doc,
             user,
@@ -96,8 +97,9 @@ impl Policy for CommunityRules {
             restrictions: &self.restrictions,
         }
         .check(before, changes)?;
-        self.quota.take(&user.id, adding).map_err(quota_refusal)?;
-        Ok(())
+        let mut writes = verdict_writes;
+        writes.extend(self.quota.take(&user.id, adding).map_err(quota_refusal)?);
+        Ok(writes)
     }
 
     fn summarize(&self, document: DocumentView<'_>) -> Option<Summary> {

@@ -18,7 +18,7 @@ use super::restrictions::{Restrictions, STALE_GRACE_MILLIS};
 use super::schema::{DocFacts, limits};
 use super::write::WriteCheck;
 use crate::auth::Role;
-use crate::store::MemoryStore;
+use crate::store::{Batch, MemoryStore, Store};
 
 fn user(id: &str, role: Role) -> SyncUser {
     SyncUser {
@@ -49,6 +49,7 @@ struct Scene {
     restrictions: Restrictions,
     /// The server's clock, in milliseconds.
     now: Arc<AtomicU64>,
+    store: Arc<MemoryStore>,
 }
 
 fn text(tx: &mut Transaction<'_>, obj: &ObjId, key: &str, value: &str) {
@@ -79,11 +80,12 @@ impl Scene {
             creator: creator.id.clone(),
             actors: ActorBindings::new(store.clone()),
             restrictions: Restrictions::new(
-                store,
+                store.clone(),
                 Arc::new(move || clock.load(Ordering::SeqCst)),
                 STALE_GRACE_MILLIS,
             ),
             now,
+            store,
         }
     }
 
@@ -91,7 +93,8 @@ impl Scene {
         self.now.fetch_add(millis, Ordering::SeqCst);
     }
 
-    /// The server's verdict on `changes`, already applied to `doc`.
+    /// The server's verdict on `changes`, already applied to `doc`; what an
+    /// accepted message needs stored is stored, as the round's write would.
     fn verdict(
         &self,
         doc: &Automerge,
@@ -99,7 +102,7 @@ impl Scene {
         before: &[ChangeHash],
         changes: &[automerge::Change],
     ) -> Result<(), Refusal> {
-        WriteCheck {
+        let writes = WriteCheck {
             document: "the-document",
             doc,
             user: who,
@@ -107,7 +110,9 @@ impl Scene {
             actors: &self.actors,
             restrictions: &self.restrictions,
         }
-        .check(before, changes)
+        .check(before, changes)?;
+        self.store.apply(Batch::of(writes)).unwrap();
+        Ok(())
     }
 
     /// `who` makes a change on the document as it is now, with their own actor.

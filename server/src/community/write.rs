@@ -21,9 +21,10 @@ use std::panic::AssertUnwindSafe;
 use automerge::legacy::{self, ObjectId};
 use automerge::{ActorId, Automerge, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc};
 use backchannel_sync::Refusal;
+use backchannel_sync::storage::StorageWrite;
 
 use super::SyncUser;
-use super::actors::{ActorBindings, ClaimError, SERVER_OWNER};
+use super::actors::{ActorBindings, ClaimError, Reservation, SERVER_OWNER};
 use super::fields::At;
 use super::restrictions::{Restrictions, is_stricter};
 use super::schema::{
@@ -113,9 +114,14 @@ pub struct WriteCheck<'a> {
 
 impl WriteCheck<'_> {
     /// Judges `changes` (already applied to `doc`; its heads before them were
-    /// `before`). The first refusal wins.
-    /// New actors are bound to the user only if every change passes.
-    pub fn check(&self, before: &[ChangeHash], changes: &[Change]) -> Result<(), Refusal> {
+    /// `before`). The first refusal wins. An accepted message answers the
+    /// writes its verdict needs: the new actors it binds to the user (only
+    /// if every change passes) and the restriction it made, if any.
+    pub fn check(
+        &self,
+        before: &[ChangeHash],
+        changes: &[Change],
+    ) -> Result<Vec<StorageWrite>, Refusal> {
         let mut reserved = Vec::new();
         for change in changes {
             match self.actors.reserve(change.actor_id(), &self.user.id) {
@@ -144,18 +150,14 @@ impl WriteCheck<'_> {
             }
         }
         let before_facts = self.judge(before, changes)?;
-        for reservation in reserved {
-            reservation.commit().map_err(unrecorded)?;
-        }
+        let mut writes: Vec<StorageWrite> = reserved
+            .into_iter()
+            .filter_map(Reservation::commit)
+            .collect();
         if is_stricter(&before_facts, &DocFacts::read(At::now(self.doc))) {
-            self.restrictions.record(self.document).map_err(|error| {
-                refuse(
-                    "stale",
-                    format!("the server could not record the restriction: {error}"),
-                )
-            })?;
+            writes.push(self.restrictions.record(self.document));
         }
-        Ok(())
+        Ok(writes)
     }
 
     /// Judges the message; answers the document's facts before it.

@@ -18,15 +18,6 @@ pub struct WriteJob {
     pub done: Option<(WriteId, mpsc::Sender<ShardCommand>)>,
 }
 
-fn to_batch(writes: Vec<StorageWrite>) -> Batch {
-    writes
-        .into_iter()
-        .fold(Batch::new(), |batch, write| match write {
-            StorageWrite::Put { key, value } => batch.put(key, value),
-            StorageWrite::Delete { key } => batch.delete(key),
-        })
-}
-
 /// Whether what the store shows is durable. After a failed flush (a full
 /// disk), sled still shows the writes it applied but could not flush, so
 /// nothing may be acknowledged or loaded until a later flush succeeds.
@@ -174,7 +165,7 @@ fn flush_loop(
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
             let applied = store
-                .apply(to_batch(job.writes))
+                .apply(Batch::of(job.writes))
                 .map_err(|error| error.to_string());
             outcomes.push((job.done, applied));
         }
@@ -360,7 +351,7 @@ fn compact(store: &dyn Store, document_id: &DocumentId) -> Result<(), String> {
     let name = uuid::Uuid::new_v4().simple().to_string();
     let writes = storage::compaction_writes(document_id, &stored.doc, &stored.content_keys, &name);
     store
-        .apply(to_batch(writes))
+        .apply(Batch::of(writes))
         .map_err(|error| error.to_string())?;
     tracing::debug!(document = %document_id, replaced = stored.content_keys.len(), "compacted");
     Ok(())

@@ -63,6 +63,17 @@ impl Batch {
     pub fn into_writes(self) -> Vec<Write> {
         self.writes
     }
+
+    /// The sync engine's writes, as one batch.
+    pub fn of(writes: Vec<backchannel_sync::storage::StorageWrite>) -> Self {
+        use backchannel_sync::storage::StorageWrite;
+        writes
+            .into_iter()
+            .fold(Self::new(), |batch, write| match write {
+                StorageWrite::Put { key, value } => batch.put(key, value),
+                StorageWrite::Delete { key } => batch.delete(key),
+            })
+    }
 }
 
 /// A key/value store. Writes become durable at the latest on [`Store::flush`].
