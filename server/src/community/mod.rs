@@ -22,4 +22,6 @@ pub use schema::{CONVERSATION_KINDS, CONVERSATION_STATES, DocFacts, DocType};
 pub use summary::{ConversationSummary, ItemSummary, PostSummary, Summary, summarize};
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;
