@@ -569,6 +569,30 @@ fn a_refused_change_is_neither_stored_nor_relayed_and_closes_only_that_connectio
 }
 
 #[test]
+fn a_refused_change_is_undone_without_rebuilding_the_document_from_its_history() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    for n in 0..50 {
+        world.edit(ada, doc_id(1), "n", n);
+        world.sync(ada, doc_id(1));
+    }
+    for attempt in 0..5 {
+        let mallory = world.connect("ada", None);
+        world.sync(mallory, doc_id(1));
+        world.edit(mallory, doc_id(1), "forbidden", attempt);
+        world.sync(mallory, doc_id(1));
+        assert!(world.clients[mallory].closed.is_some());
+    }
+    assert_eq!(world.engine.rebuilds(), 0);
+    world.edit(ada, doc_id(1), "n", 99);
+    world.sync(ada, doc_id(1));
+    let tablet = world.connect("ada", None);
+    world.sync(tablet, doc_id(1));
+    assert_eq!(world.value(tablet, doc_id(1), "n"), Some(99));
+    assert_eq!(world.value(tablet, doc_id(1), "forbidden"), None);
+}
+
+#[test]
 fn a_refused_creation_leaves_no_document() {
     let mut world = World::new();
     let ada = world.connect("ada", None);
