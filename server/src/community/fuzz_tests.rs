@@ -32,7 +32,7 @@ use super::schema::{CONVERSATION_STATES, DocFacts, limits};
 use super::summary::summarize;
 use super::{ActorBindings, CommunityRules, SyncUser};
 use crate::auth::Role;
-use crate::store::MemoryStore;
+use crate::store::{Batch, MemoryStore, Store};
 
 /// The author, opener or owner of every document here.
 const ADA: usize = 0;
@@ -64,8 +64,7 @@ fn actor_of(user: &SyncUser) -> ActorId {
 }
 
 /// The one place that knows how the rules are put together.
-fn rules() -> CommunityRules {
-    let store = Arc::new(MemoryStore::default());
+fn rules(store: Arc<MemoryStore>) -> CommunityRules {
     CommunityRules::new(
         ActorBindings::new(store.clone()),
         Quota::new(
@@ -478,6 +477,8 @@ fn apply(tx: &mut Transaction<'_>, op: &Op, writer: &SyncUser) {
 /// A document as the server holds it, judged by the real rules.
 struct Scene {
     rules: CommunityRules,
+    /// Where the verdicts' writes go, as the engine's round would put them.
+    store: Arc<MemoryStore>,
     id: DocumentId,
     doc: Automerge,
     creator: String,
@@ -609,8 +610,10 @@ fn read_side_copes(at: At<'_>) -> Result<(), TestCaseError> {
 
 impl Scene {
     fn new() -> Self {
+        let store = Arc::new(MemoryStore::default());
         Self {
-            rules: rules(),
+            rules: rules(store.clone()),
+            store,
             id: DocumentId::from_bytes([7; 16]),
             doc: Automerge::new(),
             creator: users()[ADA].id.clone(),
@@ -656,8 +659,11 @@ impl Scene {
         let verdict = self
             .rules
             .check_changes(who, view, &before, &new, creating)
-            // What an accepted message asks to store is the engine's to write.
-            .map(drop);
+            .map(|writes| {
+                self.store
+                    .apply(Batch::of(writes))
+                    .expect("a memory store takes every batch");
+            });
         match verdict {
             Ok(()) => self.history.push(self.doc.get_heads()),
             Err(_) => self.doc = saved,
