@@ -264,6 +264,11 @@ pub struct EngineConfig {
     /// at once; beyond them it is closed.
     pub ephemeral_per_second: u32,
     pub ephemeral_burst: u32,
+    /// Bytes of ephemeral `data` one user may send per second, sustained, and
+    /// at once, all their connections to this engine together: each relayed
+    /// byte goes to every reader, and reconnecting must not refill it.
+    pub ephemeral_bytes_per_second: usize,
+    pub ephemeral_bytes_burst: usize,
     /// Ephemeral sources (sender and session) remembered per document for
     /// repeat detection; the oldest is forgotten first.
     pub ephemeral_sources_per_document: usize,
@@ -291,6 +296,8 @@ impl EngineConfig {
             ephemeral_session_id_max_bytes: 64,
             ephemeral_per_second: 20,
             ephemeral_burst: 60,
+            ephemeral_bytes_per_second: 32 * 1024,
+            ephemeral_bytes_burst: 64 * 1024,
             ephemeral_sources_per_document: 256,
             max_documents_per_connection: 2_000,
             max_queued_bytes_per_connection: 24 * 1024 * 1024,
@@ -390,9 +397,8 @@ struct ConnectionState {
     queued_bytes: usize,
     /// Bytes of its changes held for missing dependencies.
     held_bytes: usize,
-    /// The ephemeral token bucket.
-    ephemeral_tokens: f64,
-    ephemeral_refilled_ms: u64,
+    /// Ephemeral messages it may still send.
+    ephemeral: TokenBucket,
     /// Told to close: its further messages are ignored.
     closing: bool,
 }
@@ -411,6 +417,39 @@ pub struct Engine<P: Policy> {
     next_write: u64,
     /// How often a document in memory had to be rebuilt from its history.
     rebuilds: u64,
+    /// Ephemeral bytes each user may still send, by user id.
+    ephemeral_bytes: HashMap<String, TokenBucket>,
+}
+
+/// A rate limit: `tokens` refill at a steady rate up to a burst.
+#[derive(Debug, Clone, Copy, Default)]
+struct TokenBucket {
+    tokens: f64,
+    refilled_ms: u64,
+}
+
+impl TokenBucket {
+    fn full(burst: f64, now_ms: u64) -> Self {
+        Self {
+            tokens: burst,
+            refilled_ms: now_ms,
+        }
+    }
+
+    fn refill(&mut self, per_second: f64, burst: f64, now_ms: u64) {
+        let elapsed_ms = now_ms.saturating_sub(self.refilled_ms);
+        self.refilled_ms = now_ms;
+        self.tokens = (self.tokens + elapsed_ms as f64 * per_second / 1000.0).min(burst);
+    }
+
+    /// Takes `amount` if there is that much.
+    fn take(&mut self, amount: f64) -> bool {
+        if self.tokens < amount {
+            return false;
+        }
+        self.tokens -= amount;
+        true
+    }
 }
 
 impl<P: Policy> Engine<P> {
@@ -424,6 +463,7 @@ impl<P: Policy> Engine<P> {
             writes: HashMap::new(),
             next_write: 0,
             rebuilds: 0,
+            ephemeral_bytes: HashMap::new(),
         }
     }
 
@@ -466,7 +506,10 @@ impl<P: Policy> Engine<P> {
             Input::Describe { document_id } => {
                 self.enqueue(document_id, Queued::Describe, now_ms, &mut effects)
             }
-            Input::Tick => self.evict_idle(now_ms),
+            Input::Tick => {
+                self.evict_idle(now_ms);
+                self.forget_refilled_ephemeral_budgets(now_ms);
+            }
         }
         effects
     }
@@ -484,8 +527,7 @@ impl<P: Policy> Engine<P> {
             .connections
             .entry(connection.id)
             .or_insert_with(|| ConnectionState {
-                ephemeral_tokens: f64::from(config.ephemeral_burst),
-                ephemeral_refilled_ms: now_ms,
+                ephemeral: TokenBucket::full(f64::from(config.ephemeral_burst), now_ms),
                 ..ConnectionState::default()
             });
         if state.closing {
@@ -500,7 +542,12 @@ impl<P: Policy> Engine<P> {
                 return;
             }
             DocumentMessage::Ephemeral(ephemeral) => {
-                admit_ephemeral(config, state, ephemeral, now_ms)
+                let burst = config.ephemeral_bytes_burst as f64;
+                let user_bytes = self
+                    .ephemeral_bytes
+                    .entry(self.policy.user_id(&connection.user).to_string())
+                    .or_insert_with(|| TokenBucket::full(burst, now_ms));
+                admit_ephemeral(config, state, user_bytes, ephemeral, now_ms)
             }
             _ => Ok(()),
         };
@@ -1502,6 +1549,16 @@ impl<P: Policy> Engine<P> {
         }
     }
 
+    /// A user whose ephemeral budget is full again needs no entry.
+    fn forget_refilled_ephemeral_budgets(&mut self, now_ms: u64) {
+        let rate = self.config.ephemeral_bytes_per_second as f64;
+        let burst = self.config.ephemeral_bytes_burst as f64;
+        self.ephemeral_bytes.retain(|_, bucket| {
+            bucket.refill(rate, burst, now_ms);
+            bucket.tokens < burst
+        });
+    }
+
     fn evict_idle(&mut self, now_ms: u64) {
         let evict_after = self.config.evict_after_ms;
         let waiters = &mut self.waiters;
@@ -1798,10 +1855,12 @@ fn message_size(message: &DocumentMessage) -> usize {
         }
 }
 
-/// Checks an ephemeral against the size limits and its connection's rate.
+/// Checks an ephemeral against the size limits, its connection's rate and
+/// its user's bytes.
 fn admit_ephemeral(
     config: &EngineConfig,
     state: &mut ConnectionState,
+    user_bytes: &mut TokenBucket,
     message: &Ephemeral,
     now_ms: u64,
 ) -> Result<(), String> {
@@ -1818,18 +1877,28 @@ fn admit_ephemeral(
             config.ephemeral_session_id_max_bytes
         ));
     }
-    let elapsed_ms = now_ms.saturating_sub(state.ephemeral_refilled_ms);
-    state.ephemeral_refilled_ms = now_ms;
-    state.ephemeral_tokens = (state.ephemeral_tokens
-        + elapsed_ms as f64 * f64::from(config.ephemeral_per_second) / 1000.0)
-        .min(f64::from(config.ephemeral_burst));
-    if state.ephemeral_tokens < 1.0 {
+    state.ephemeral.refill(
+        f64::from(config.ephemeral_per_second),
+        f64::from(config.ephemeral_burst),
+        now_ms,
+    );
+    if !state.ephemeral.take(1.0) {
         return Err(format!(
             "too many ephemeral messages: the limit is {} per second, {} at once (ephemeral_per_second)",
             config.ephemeral_per_second, config.ephemeral_burst
         ));
     }
-    state.ephemeral_tokens -= 1.0;
+    user_bytes.refill(
+        config.ephemeral_bytes_per_second as f64,
+        config.ephemeral_bytes_burst as f64,
+        now_ms,
+    );
+    if !user_bytes.take(message.data.len() as f64) {
+        return Err(format!(
+            "too many ephemeral bytes: the limit is {} bytes a second, {} at once, per user (ephemeral_bytes_per_second)",
+            config.ephemeral_bytes_per_second, config.ephemeral_bytes_burst
+        ));
+    }
     Ok(())
 }
 

@@ -1217,6 +1217,34 @@ fn ephemerals_beyond_the_rate_close_their_sender() {
 }
 
 #[test]
+fn a_users_ephemeral_bytes_are_bounded_across_reconnects() {
+    let mut world = World::with_config(|config| {
+        config.ephemeral_bytes_burst = 3_000;
+        config.ephemeral_bytes_per_second = 1_000;
+    });
+    let (phone, laptop, _) = three_readers(&mut world);
+    for count in 1..=3 {
+        world.send_ephemeral_as(phone, doc_id(1), None, "s", count, vec![0xa0; 1_000]);
+    }
+    assert!(world.clients[phone].closed.is_none());
+    world.send_ephemeral_as(phone, doc_id(1), None, "s", 4, vec![0xa0; 1_000]);
+    let reason = world.clients[phone].closed.clone().unwrap_or_default();
+    assert!(reason.contains("ephemeral_bytes_per_second"), "{reason}");
+    // A new connection of the same user finds the budget still spent...
+    let again = world.connect("ada", None);
+    world.sync(again, doc_id(1));
+    world.send_ephemeral_as(again, doc_id(1), None, "t", 1, vec![0xa0; 1_000]);
+    assert!(world.clients[again].closed.is_some());
+    // ...and a second later there is a second's worth again.
+    world.now += 1_000;
+    let later = world.connect("ada", None);
+    world.sync(later, doc_id(1));
+    world.send_ephemeral_as(later, doc_id(1), None, "u", 1, vec![0xa0; 1_000]);
+    assert!(world.clients[later].closed.is_none());
+    assert_eq!(world.ephemerals_received(laptop, doc_id(1)), 4);
+}
+
+#[test]
 fn a_relayed_ephemeral_is_encoded_once_and_its_bytes_shared_between_readers() {
     let mut world = World::new();
     let (phone, _, _) = three_readers(&mut world);
