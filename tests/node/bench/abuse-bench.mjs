@@ -4,31 +4,33 @@
 // reports the honest clients' latency and the server's RSS, side by side
 // with the quiet phase.
 //
-//   node bench/abuse-bench.mjs [--honest 200] [--seconds 10]
-//        [--abuses ephemeral-flood,big-messages,...] [--binary PATH] [--out file.json]
+//   node bench/abuse-bench.mjs [--honest 200] [--seconds 10] [--workers 4]
+//        [--repeat 3] [--abuses ephemeral-flood,big-messages,...]
+//        [--binary PATH] [--server-env K=V,...] [--out file.json]
+//
+// The honest clients run in --workers child processes (bench/abuse/honest.mjs),
+// the observer and the attacker each in their own (bench/abuse/observer.mjs,
+// bench/abuse/attacker.mjs); this process starts the server, sets up the
+// accounts and posts, samples the server's RSS and CPU and runs the phases.
 //
 // Goal (issue 10): honest p99 within 2x of the quiet p99, and server RSS
 // growth under 100 MiB, during every abuse. See docs/PERFORMANCE.md
-// ("Abuse benchmark"). Progress goes to stderr, the table to stdout.
+// ("Abuse benchmark"). Progress goes to stderr, the tables to stdout.
 
+import { execFileSync } from "node:child_process"
 import crypto from "node:crypto"
-import events from "node:events"
 import fs from "node:fs"
 import os from "node:os"
 import path from "node:path"
-import { performance } from "node:perf_hooks"
+import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
 
-import * as A from "@automerge/automerge"
-import { Encoder, decode } from "cbor-x"
-import WebSocket from "ws"
-
-import { ForgedClient, newDocumentId } from "../lib/forged-client.mjs"
 import {
-  captureRefusedUpgrades,
+  REPO_ROOT,
   defaultBackchannelBinary,
   makeClient,
   randomId,
+  readCpuSeconds,
   readRssBytes,
   registerUser,
   shutdownAll,
@@ -36,10 +38,10 @@ import {
   startBackchannelServer,
   waitForPeer,
   waitUntilServerAcked,
-  withTimeout,
 } from "../lib/servers.mjs"
-import { mapLimit, quantile, range, yieldToLoop } from "./helpers.mjs"
+import { forkRole, mapLimit, median, monoNow, quantile, range } from "./helpers.mjs"
 
+const HERE = path.dirname(fileURLToPath(import.meta.url))
 const ALL_ABUSES = [
   "ephemeral-flood",
   "big-messages",
@@ -54,10 +56,14 @@ const { values: argv } = parseArgs({
   options: {
     honest: { type: "string", default: "200" },
     seconds: { type: "string", default: "10" },
+    workers: { type: "string", default: "4" },
+    repeat: { type: "string", default: "1" },
+    settle: { type: "string", default: "2" },
     abuses: { type: "string", default: ALL_ABUSES.join(",") },
     "per-user": { type: "string", default: "5" },
     "per-post": { type: "string", default: "10" },
     binary: { type: "string" },
+    "server-env": { type: "string", multiple: true },
     out: { type: "string" },
     help: { type: "boolean", short: "h", default: false },
   },
@@ -67,10 +73,17 @@ if (argv.help) {
   console.log(`usage: node bench/abuse-bench.mjs [options]
   --honest N      honest stock clients (default 200)
   --seconds S     length of each phase (default 10)
+  --workers W     child processes the honest clients are shared among (default 4)
+  --repeat R      run the whole phase sequence R times, each against a fresh
+                  server, and report the median per phase (default 1)
+  --settle S      seconds to go on sampling RSS after each phase's last replies (default 2)
   --abuses LIST   comma-separated, from ${ALL_ABUSES.join(",")} (default all)
   --per-user K    honest clients sharing one user (default 5; the server allows 32 sockets per user)
   --per-post P    honest clients writing to one post (default 10)
   --binary PATH   Backchannel binary (default $BACKCHANNEL_BIN or target/release/backchannel)
+  --server-env E  extra environment for the server, K=V[,K=V...] ("default": none);
+                  give it several times to compare variants side by side: each
+                  repeat then runs every variant in turn
   --out FILE      also write the results as JSON to FILE`)
   process.exit(0)
 }
@@ -78,10 +91,14 @@ if (argv.help) {
 const opts = {
   honest: Number(argv.honest),
   seconds: Number(argv.seconds),
+  workers: Number(argv.workers),
+  repeat: Number(argv.repeat),
+  settle: Number(argv.settle),
   perUser: Number(argv["per-user"]),
   perPost: Number(argv["per-post"]),
   abuses: argv.abuses.split(",").map(s => s.trim()).filter(Boolean),
   binary: argv.binary ? path.resolve(argv.binary) : defaultBackchannelBinary(),
+  serverEnvs: argv["server-env"]?.length ? argv["server-env"] : ["default"],
 }
 for (const a of opts.abuses) {
   if (!ALL_ABUSES.includes(a)) {
@@ -89,313 +106,48 @@ for (const a of opts.abuses) {
     process.exit(2)
   }
 }
-for (const k of ["honest", "seconds", "perUser", "perPost"]) {
+for (const k of ["honest", "seconds", "workers", "repeat", "perUser", "perPost"]) {
   if (!Number.isInteger(opts[k]) || opts[k] < 1) {
     console.error(`--${k} must be a positive integer`)
     process.exit(2)
   }
 }
+if (!Number.isFinite(opts.settle) || opts.settle < 0) {
+  console.error("--settle must be a number of seconds")
+  process.exit(2)
+}
+opts.workers = Math.min(opts.workers, opts.honest)
 
-const cbor = new Encoder({ tagUint8Array: false, useRecords: false })
-const T0 = performance.now()
+/** "K=V,K2=V2" (or "default") as an env object. */
+function parseEnv(spec) {
+  if (!spec || spec === "default") return {}
+  const env = {}
+  for (const part of spec.split(",")) {
+    const eq = part.indexOf("=")
+    if (eq < 1) {
+      console.error(`--server-env ${spec}: expected K=V[,K=V...]`)
+      process.exit(2)
+    }
+    env[part.slice(0, eq).trim()] = part.slice(eq + 1)
+  }
+  return env
+}
+const variants = opts.serverEnvs.map(spec => ({ name: spec, env: parseEnv(spec) }))
+
+const T0 = monoNow()
 function log(...args) {
-  console.error(`[${((performance.now() - T0) / 1000).toFixed(1).padStart(6)}s]`, ...args)
+  console.error(`[${((monoNow() - T0) / 1000).toFixed(1).padStart(6)}s]`, ...args)
 }
 const MiB = 1024 * 1024
 const mib = b => (Number.isFinite(b) ? Math.round((b / MiB) * 10) / 10 : null)
 const round = (x, d = 1) => (Number.isFinite(x) ? Math.round(x * 10 ** d) / 10 ** d : null)
-
-// ---------------------------------------------------------------------------
-// the attacker's raw socket: join, then send anything
-
-class RawSocket {
-  constructor(url) {
-    this.url = url
-    this.peerId = `attacker-${randomId(10)}`
-    this.closed = false
-    this.serverPeerId = "server"
-    this.received = 0
-  }
-
-  /** Opens and joins; resolves this, or rejects (refused upgrade, timeout). */
-  async open({ pauseAfterJoin = false, timeoutMs = 10_000 } = {}) {
-    const socket = new WebSocket(this.url)
-    socket.binaryType = "nodebuffer"
-    this.socket = socket
-    this.ended = new Promise(resolve => socket.once("close", () => ((this.closed = true), resolve())))
-    socket.on("error", () => {})
-    let gotPeer
-    const peer = new Promise(resolve => (gotPeer = resolve))
-    socket.on("message", data => {
-      this.received++
-      if (this.serverPeerId === "server") {
-        try {
-          const m = decode(data)
-          if (m?.type === "peer") {
-            this.serverPeerId = m.senderId
-            gotPeer()
-          }
-        } catch {
-          // ignored
-        }
-      }
-    })
-    await withTimeout(
-      new Promise((resolve, reject) => {
-        socket.once("open", resolve)
-        socket.once("unexpected-response", (_req, res) => {
-          res.resume()
-          reject(Object.assign(new Error(`upgrade refused with ${res.statusCode}`), { status: res.statusCode }))
-        })
-        socket.once("error", reject)
-        socket.once("close", () => reject(new Error("closed before open")))
-      }),
-      timeoutMs,
-      "attacker socket open",
-    )
-    this.send({ type: "join", senderId: this.peerId, peerMetadata: { isEphemeral: true }, supportedProtocolVersions: ["1"] })
-    await withTimeout(Promise.race([peer, this.ended]), timeoutMs, "attacker join")
-    if (this.closed) throw new Error("closed during join")
-    if (pauseAfterJoin) socket._socket.pause()
-    return this
-  }
-
-  /** Sends a message (object, or pre-encoded bytes); false once closed. */
-  send(message) {
-    if (this.closed || this.socket.readyState !== WebSocket.OPEN) return false
-    this.socket.send(message instanceof Uint8Array ? message : cbor.encode(message))
-    return true
-  }
-
-  /** Bytes the socket library still holds for sending. */
-  get buffered() {
-    return this.socket?.bufferedAmount ?? 0
-  }
-
-  close() {
-    try {
-      this.socket?.terminate()
-    } catch {
-      // already gone
-    }
-  }
+const selfCpuSeconds = () => {
+  const u = process.cpuUsage()
+  return (u.user + u.system) / 1e6
 }
 
 // ---------------------------------------------------------------------------
-// the abuses. Each is run(ctx, stats, signal) and loops until signal.aborted,
-// reconnecting whenever the server closes it (stats.closed counts that).
-
-const emptyRequest = () => A.generateSyncMessage(A.init(), A.initSyncState())[1]
-
-/** Runs body(socket) over and over on fresh joined sockets until aborted. */
-async function withReconnects(ctx, stats, signal, body, openOptions) {
-  while (!signal.aborted) {
-    const s = new RawSocket(ctx.attackerUrl())
-    try {
-      await s.open(openOptions)
-    } catch (err) {
-      stats.refused++
-      stats.lastError = err.message
-      await sleep(100)
-      continue
-    }
-    ctx.live.add(s)
-    try {
-      await body(s)
-    } catch (err) {
-      stats.lastError = err.message
-    }
-    if (s.closed && !signal.aborted) stats.closed++
-    s.close()
-    ctx.live.delete(s)
-    if (!signal.aborted) await sleep(50)
-  }
-}
-
-/** Paces a loop: sends while the socket's own buffer is small, else waits. */
-async function drain(s, limit = 4 * MiB) {
-  while (!s.closed && s.buffered > limit) await sleep(10)
-}
-
-const abuses = {
-  // Ephemerals of 15 KiB (just under the 16 KiB limit) and beyond the rate
-  // limit to the common post every honest client has open: relayed to each
-  // reader until the server closes the sender.
-  "ephemeral-flood": async (ctx, stats, signal) => {
-    const data = cbor.encode({ typing: "x".repeat(15 * 1024) })
-    await withReconnects(ctx, stats, signal, async s => {
-      const sessionId = randomId(16)
-      let count = 0
-      while (!signal.aborted && !s.closed) {
-        for (let k = 0; k < 20 && !s.closed; k++) {
-          if (s.send({ type: "ephemeral", senderId: s.peerId, targetId: s.serverPeerId, documentId: ctx.commonPostId, sessionId, count: ++count, data }))
-            stats.sent++
-        }
-        await sleep(50)
-        await drain(s)
-      }
-    })
-  },
-
-  // Sync messages of ~7.5 MiB (the limit is 8 MiB), each a change creating a
-  // fresh document with an incompressible blob, one after another.
-  "big-messages": async (ctx, stats, signal) => {
-    const blob = crypto.randomBytes(Math.floor(7.5 * MiB))
-    const change = A.getLastLocalChange(A.change(A.init(), d => (d.blob = blob)))
-    await withReconnects(ctx, stats, signal, async s => {
-      while (!signal.aborted && !s.closed) {
-        const data = A.encodeSyncMessage({ heads: [A.decodeChange(change).hash], need: [], have: [], changes: [change] })
-        if (s.send({ type: "sync", senderId: s.peerId, targetId: s.serverPeerId, documentId: newDocumentId(), data })) stats.sent++
-        await drain(s, 8 * MiB)
-        await sleep(100)
-      }
-    })
-  },
-
-  // Changes whose dependencies do not exist, to the common post, alternating
-  // between two connections: each change depends on a change never sent.
-  "missing-deps": async (ctx, stats, signal) => {
-    const orphan = () => {
-      const base = A.change(A.init(), d => (d.pad = randomId(8)))
-      // 4 KiB of bytes: one op (a 4 KiB string would be 4,096 text ops, slow
-      // to build in this process, which the honest clients share).
-      const next = A.change(base, d => {
-        d.blob = crypto.randomBytes(4096)
-      })
-      const change = A.getLastLocalChange(next)
-      return A.encodeSyncMessage({ heads: [A.decodeChange(change).hash], need: [], have: [], changes: [change] })
-    }
-    const sockets = [null, null]
-    const open = async k => {
-      for (;;) {
-        if (signal.aborted) return null
-        const s = new RawSocket(ctx.attackerUrl())
-        try {
-          await s.open()
-          ctx.live.add(s)
-          s.ended.then(() => {
-            if (!signal.aborted) stats.closed++
-          })
-          return s
-        } catch (err) {
-          stats.refused++
-          stats.lastError = err.message
-          await sleep(100)
-        }
-      }
-    }
-    let k = 0
-    while (!signal.aborted) {
-      const i = k++ % 2
-      if (!sockets[i] || sockets[i].closed) {
-        if (sockets[i]) ctx.live.delete(sockets[i])
-        sockets[i] = await open(i)
-        if (!sockets[i]) break
-      }
-      const s = sockets[i]
-      if (s.send({ type: "sync", senderId: s.peerId, targetId: s.serverPeerId, documentId: ctx.commonPostId, data: orphan() })) stats.sent++
-      if (k % 20 === 0) {
-        await drain(s)
-        await sleep(5)
-      }
-    }
-  },
-
-  // `request`s for random document ids nobody created, as fast as the
-  // socket takes them (the server slows, then closes, a flooder).
-  "request-flood": async (ctx, stats, signal) => {
-    const data = emptyRequest()
-    await withReconnects(ctx, stats, signal, async s => {
-      while (!signal.aborted && !s.closed) {
-        for (let k = 0; k < 200 && !s.closed; k++) {
-          if (s.send({ type: "request", senderId: s.peerId, targetId: s.serverPeerId, documentId: newDocumentId(), data })) stats.sent++
-        }
-        await drain(s, 1 * MiB)
-        await yieldToLoop()
-      }
-    })
-  },
-
-  // A connection that asks for the large documents (and the posts) again and
-  // again, with fresh sync states, and never reads its socket.
-  "stalled-reader": async (ctx, stats, signal) => {
-    const data = emptyRequest()
-    const ids = [...ctx.largeDocIds, ...ctx.postIds]
-    await withReconnects(
-      ctx,
-      stats,
-      signal,
-      async s => {
-        while (!signal.aborted && !s.closed) {
-          for (const documentId of ids) {
-            if (s.send({ type: "request", senderId: s.peerId, targetId: s.serverPeerId, documentId, data })) stats.sent++
-          }
-          await sleep(500)
-        }
-      },
-      { pauseAfterJoin: true },
-    )
-  },
-
-  // Changes the rules refuse (another user's post retitled) with the forged
-  // client: the server sends `error` and closes; the attacker reconnects.
-  "refused-changes": async (ctx, stats, signal) => {
-    while (!signal.aborted) {
-      let client
-      try {
-        client = await ForgedClient.connect(ctx.attackerUrl(), { name: "attacker" })
-        ctx.liveForged.add(client)
-        await client.request(ctx.commonPostId, { timeoutMs: 10_000, quietMs: 50 })
-        const hash = client.change(ctx.commonPostId, d => {
-          d.title = `pwned ${randomId(6)}`
-        })
-        await client.outcome(ctx.commonPostId, hash, { timeoutMs: 10_000 })
-        stats.sent += client.sent.length
-        if (client.closed) stats.closed++
-      } catch (err) {
-        stats.lastError = err.message
-        if (/refused with/.test(err.message)) stats.refused++
-        await sleep(100)
-      } finally {
-        if (client) {
-          await client.close()
-          ctx.liveForged.delete(client)
-        }
-      }
-    }
-  },
-
-  // Many sockets for the attacker's one user: 64 at a time (the server
-  // allows 32 per user), each reopened as soon as it ends or is refused.
-  "connection-flood": async (ctx, stats, signal) => {
-    await Promise.all(
-      range(64).map(async () => {
-        while (!signal.aborted) {
-          const s = new RawSocket(ctx.attackerUrl())
-          stats.sent++
-          try {
-            await s.open({ timeoutMs: 5000 })
-          } catch (err) {
-            stats.refused++
-            stats.lastError = err.message
-            s.close()
-            await sleep(20)
-            continue
-          }
-          ctx.live.add(s)
-          // (The abort may have come while this socket was opening.)
-          if (!signal.aborted) await Promise.race([s.ended, new Promise(resolve => signal.addEventListener("abort", resolve, { once: true }))])
-          if (s.closed && !signal.aborted) stats.closed++
-          s.close()
-          ctx.live.delete(s)
-        }
-      }),
-    )
-  },
-}
-
-// ---------------------------------------------------------------------------
-// setup
+// setup: accounts and posts from this process, then the child processes
 
 function postShape(author, title) {
   return { type: "post", schema: 1, author, created_at: Date.now(), status: "published", title, body: "bench", replies: [] }
@@ -406,14 +158,16 @@ async function setup(server) {
   const users = Math.ceil(N / opts.perUser)
   const posts = Math.max(1, Math.ceil(N / opts.perPost))
   const run = randomId(6)
-  log(`registering ${users} honest users and the attacker`)
-  const accounts = await mapLimit(range(users + 1), 4, i =>
+  log(`registering ${users} honest users, the observer and the attacker`)
+  const accounts = await mapLimit(range(users + 2), 4, i =>
     registerUser(server.httpUrl, { email: `abuse-${run}-${i}@example.org`, password: "abuse bench password", display_name: `Abuse ${i}` }),
   )
+  const observerAccount = accounts.pop()
   const attacker = accounts.pop()
 
   // The posts (the first is "common": every honest client reads it) and a
-  // few large documents for the stalled reader, created by a setup client.
+  // few large documents for the stalled reader, created by a setup client
+  // (the first honest user's), which leaves once the server has them all.
   const setupRepo = makeClient(server.syncUrl(accounts[0].access_token))
   await waitForPeer(setupRepo, 30_000)
   const postHandles = range(posts).map(p => setupRepo.create(postShape(accounts[0].user.id, `abuse bench ${p}`)))
@@ -424,212 +178,326 @@ async function setup(server) {
     large.push(setupRepo.create({ blob }))
   }
   for (const h of [...postHandles, ...large]) await waitUntilServerAcked(setupRepo, h, 60_000)
+  await shutdownAll([setupRepo])
   log(`${posts} posts and ${large.length} large documents on the server`)
 
-  // Honest clients: client i is user floor(i / perUser), writes to post i % posts,
-  // and also has the common post (0) open.
-  const clients = range(N).map(i => {
-    const account = accounts[Math.floor(i / opts.perUser)]
-    const repo = makeClient(server.syncUrl(account.access_token))
-    return { i, repo, userId: account.user.id, post: i % posts, disconnects: 0, errors: 0 }
-  })
-  for (let start = 0; start < N; start += 25) {
-    await Promise.all(clients.slice(start, start + 25).map(c => waitForPeer(c.repo, 60_000)))
-  }
-  for (const c of clients) c.repo.networkSubsystem.on("peer-disconnected", () => c.disconnects++)
-  log(`${N} honest clients connected`)
-  await mapLimit(clients, 20, async c => {
-    c.handle = await withTimeout(c.repo.find(postHandles[c.post].url), 60_000, `client ${c.i} finding its post`)
-    c.common = c.post === 0 ? c.handle : await withTimeout(c.repo.find(postHandles[0].url), 60_000, `client ${c.i} finding the common post`)
-  })
-  log(`every honest client has its post and the common post`)
-
-  // One observer per post (its own user): the latency of a reply is the
-  // time from the writer's change to the reply's arrival at the observer.
-  const observerAccount = await registerUser(server.httpUrl, { email: `abuse-${run}-observer@example.org`, password: "abuse bench password", display_name: "Observer" })
-  const observer = makeClient(server.syncUrl(observerAccount.access_token))
-  await waitForPeer(observer, 30_000)
-  const sent = new Map()
-  for (const h of postHandles) {
-    const oh = await observer.find(h.url)
-    const seen = new Set()
-    oh.on("change", ({ doc, patches }) => {
-      const now = performance.now()
-      let from = Infinity
-      for (const p of patches) {
-        if (p.path[0] !== "replies") continue
-        if (p.path.length === 1) from = 0
-        else if (p.path.length === 2 && p.action === "insert") from = Math.min(from, p.path[1])
-      }
-      if (from === Infinity) return
-      for (let k = from; k < doc.replies.length; k++) {
-        const id = doc.replies[k].id
-        if (seen.has(id)) continue
-        seen.add(id)
-        const s = sent.get(id)
-        if (s && s.arrived === undefined) s.arrived = now
-      }
+  // Children. Any of them dying ends the run.
+  const onArrival = new Map()
+  const children = []
+  const fork = async (script, name) => {
+    const role = await forkRole(path.join(HERE, "abuse", script), {
+      name,
+      onEvent: (event, value) => {
+        if (event === "arrivals") for (const [id, t] of value) if (!onArrival.has(id)) onArrival.set(id, t)
+      },
     })
+    children.push(role)
+    role.exited.then(({ code, signal }) => {
+      if (!role.stopping) log(`${name} exited unexpectedly (code ${code}, signal ${signal})`)
+    })
+    return role
   }
 
-  return {
-    server,
-    clients,
-    observer,
-    setupRepo,
-    sent,
+  // Honest clients: client i is user floor(i / perUser), writes to post i % posts,
+  // and also has the common post (0) open. Worker w runs clients i with i % W == w.
+  const specs = range(N).map(i => {
+    const account = accounts[Math.floor(i / opts.perUser)]
+    return { i, url: server.syncUrl(account.access_token), userId: account.user.id, postUrl: postHandles[i % posts].url, commonUrl: postHandles[0].url }
+  })
+  const workers = await Promise.all(range(opts.workers).map(w => fork("honest.mjs", `honest worker ${w}`)))
+  const counts = await Promise.all(workers.map((w, k) => w.request("connect", { specs: specs.filter(s => s.i % opts.workers === k) })))
+  log(`${counts.reduce((a, b) => a + b, 0)} honest clients connected in ${workers.length} processes, each with its post and the common post`)
+
+  // The observer (its own user) has every post open: the latency of a reply
+  // is the time from the writer's change to the reply's arrival there.
+  const observer = await fork("observer.mjs", "observer")
+  await observer.request("connect", { url: server.syncUrl(observerAccount.access_token), postUrls: postHandles.map(h => h.url) })
+  const attackerRole = await fork("attacker.mjs", "attacker")
+  await attackerRole.request("setup", {
+    attackerUrl: server.syncUrl(attacker.access_token),
     postIds: postHandles.map(h => h.documentId),
     commonPostId: postHandles[0].documentId,
     largeDocIds: large.map(h => h.documentId),
-    attackerId: attacker.user.id,
-    attackerUrl: () => server.syncUrl(attacker.access_token),
-    live: new Set(),
-    liveForged: new Set(),
-  }
+  })
+  log(`observer and attacker ready`)
+
+  return { server, workers, observer, attacker: attackerRole, children, arrivals: onArrival }
+}
+
+async function teardown(ctx) {
+  await Promise.all(
+    ctx.children.map(async c => {
+      c.stopping = true
+      try {
+        await Promise.race([c.request("shutdown"), sleep(15_000)])
+      } catch {
+        // gone already
+      }
+      await Promise.race([c.exited, sleep(5_000)])
+      c.kill()
+    }),
+  )
 }
 
 // ---------------------------------------------------------------------------
 // one phase: honest load for opts.seconds, with the abuse (if any) beside it
 
+function cpuSnapshot(ctx) {
+  return {
+    server: ctx.server.cpuSeconds(),
+    parent: selfCpuSeconds(),
+    workers: ctx.workers.map(w => readCpuSeconds(w.pid)),
+    observer: readCpuSeconds(ctx.observer.pid),
+    attacker: readCpuSeconds(ctx.attacker.pid),
+  }
+}
+
 async function phase(ctx, name) {
-  const { clients, sent, server } = ctx
-  const stats = { sent: 0, closed: 0, refused: 0, lastError: undefined }
+  const { server, workers, observer, attacker, arrivals } = ctx
   const rss = { start: readRssBytes(server.pid), peak: 0 }
   rss.peak = rss.start
   const sampler = setInterval(() => {
     const v = readRssBytes(server.pid)
     if (v > rss.peak) rss.peak = v
   }, 100)
-  const disc0 = clients.reduce((n, c) => n + c.disconnects, 0)
-  const cpu0 = { server: server.cpuSeconds(), client: process.cpuUsage() }
-  const controller = new AbortController()
-  events.setMaxListeners(200, controller.signal)
+  const cpu0 = cpuSnapshot(ctx)
+  const wall0 = monoNow()
+  await Promise.all(ctx.children.map(c => c.request("loopDelay", { reset: true })))
   log(`phase ${name}: start (server RSS ${mib(rss.start)} MiB)`)
-  const attack = name === "quiet" ? Promise.resolve() : abuses[name](ctx, stats, controller.signal).catch(err => (stats.lastError = err.message))
+  if (name !== "quiet") await attacker.request("start", { name })
 
-  // Honest load: every client appends a reply about once a second (jittered).
-  const ids = []
-  const t0 = performance.now()
-  const end = t0 + opts.seconds * 1000
-  let honestErrors = 0
-  await Promise.all(
-    clients.map(async c => {
-      await sleep(Math.random() * 1000)
-      while (performance.now() < end) {
-        const id = randomId(16)
-        sent.set(id, { t: performance.now() })
-        ids.push(id)
-        try {
-          c.handle.change(doc => {
-            doc.replies.push({ id, author: c.userId, created_at: Date.now(), body: "honest reply" })
-          })
-        } catch {
-          honestErrors++
-        }
-        await sleep(800 + Math.random() * 400)
-      }
-    }),
-  )
-  controller.abort()
-  await attack
-  for (const s of ctx.live) s.close()
-  ctx.live.clear()
-  await Promise.all([...ctx.liveForged].map(c => c.close()))
+  const endAt = monoNow() + opts.seconds * 1000
+  const honest = await Promise.all(workers.map(w => w.request("phase", { endAt })))
+  const workerDelay = await Promise.all(workers.map(w => w.request("loopDelay")))
+  const attackerDelay = await attacker.request("loopDelay")
+  const stats = name === "quiet" ? { sent: 0, closed: 0, refused: 0 } : await attacker.request("stop")
+
   // Let the last replies arrive (up to 10 s), then count the lost ones.
-  const graceEnd = performance.now() + 10_000
-  while (performance.now() < graceEnd && ids.some(id => sent.get(id).arrived === undefined)) await sleep(100)
+  const sent = honest.flatMap(h => h.sent)
+  const graceEnd = monoNow() + 10_000
+  for (;;) {
+    await observer.request("flush")
+    if (monoNow() >= graceEnd || sent.every(([id]) => arrivals.has(id))) break
+    await sleep(100)
+  }
+  const observerDelay = await observer.request("loopDelay")
   // Settle between phases (the server frees what the abuse held), still
   // sampling RSS: growth that shows only after the abuse counts too.
-  await sleep(2000)
+  await sleep(opts.settle * 1000)
   clearInterval(sampler)
-  const lat = Float64Array.from(ids.map(id => sent.get(id)).filter(s => s.arrived !== undefined).map(s => s.arrived - s.t)).sort()
-  const clientCpu = process.cpuUsage(cpu0.client)
+  const rssEnd = readRssBytes(server.pid)
+  const wall = (monoNow() - wall0) / 1000
+  const cpu1 = cpuSnapshot(ctx)
+
+  const lat = Float64Array.from(sent.filter(([id]) => arrivals.has(id)).map(([id, t]) => arrivals.get(id) - t)).sort()
+  const d = (a, b) => round(b - a, 2)
+  const benchCpu = {
+    parent: d(cpu0.parent, cpu1.parent),
+    honest_workers: cpu1.workers.map((v, k) => d(cpu0.workers[k], v)),
+    observer: d(cpu0.observer, cpu1.observer),
+    attacker: d(cpu0.attacker, cpu1.attacker),
+  }
+  const perProcess = [
+    ["parent", benchCpu.parent],
+    ...benchCpu.honest_workers.map((v, k) => [`honest ${k}`, v]),
+    ["observer", benchCpu.observer],
+    ["attacker", benchCpu.attacker],
+  ]
+  const busiest = perProcess.reduce((a, b) => (b[1] > a[1] ? b : a))
   const result = {
     phase: name,
-    replies: ids.length,
+    replies: sent.length,
     delivered: lat.length,
-    lost: ids.length - lat.length,
+    lost: sent.length - lat.length,
     p50_ms: round(quantile(lat, 0.5)),
     p99_ms: round(quantile(lat, 0.99)),
     max_ms: round(lat.length ? lat[lat.length - 1] : NaN),
     rss_start_bytes: rss.start,
     rss_peak_bytes: rss.peak,
+    rss_end_bytes: rssEnd,
     rss_growth_bytes: rss.peak - rss.start,
     attacker_sent: stats.sent,
     attacker_closed: stats.closed,
     attacker_refused: stats.refused,
     attacker_last_error: stats.lastError,
-    honest_errors: honestErrors,
-    honest_disconnects: clients.reduce((n, c) => n + c.disconnects, 0) - disc0,
-    server_cpu_s: round(server.cpuSeconds() - cpu0.server, 2),
-    client_cpu_s: round((clientCpu.user + clientCpu.system) / 1e6, 2),
+    honest_errors: honest.reduce((n, h) => n + h.errors, 0),
+    honest_disconnects: honest.reduce((n, h) => n + h.disconnects, 0),
+    honest_refused_upgrades: honest.reduce((n, h) => n + h.refused, 0),
+    wall_s: round(wall, 2),
+    server_cpu_s: d(cpu0.server, cpu1.server),
+    // Every bench process together (this one, the honest workers, the
+    // observer and the attacker), and each on its own.
+    client_cpu_s: round(perProcess.reduce((n, [, v]) => n + v, 0), 2),
+    bench_cpu_s: benchCpu,
+    busiest_bench_process: busiest[0],
+    busiest_bench_cpu_pct: round((busiest[1] / wall) * 100, 0),
+    server_cpu_pct: round(((cpu1.server - cpu0.server) / wall) * 100, 0),
+    loop_delay_p99_ms: {
+      honest_max: round(Math.max(...workerDelay.map(x => x.p99_ms))),
+      observer: round(observerDelay.p99_ms),
+      attacker: round(attackerDelay.p99_ms),
+    },
   }
   log(
-    `phase ${name}: p50 ${result.p50_ms} ms p99 ${result.p99_ms} ms, ${result.lost} lost, RSS ${mib(rss.start)} -> peak ${mib(rss.peak)} MiB, attacker sent ${stats.sent} closed ${stats.closed} refused ${stats.refused}`,
+    `phase ${name}: p50 ${result.p50_ms} ms p99 ${result.p99_ms} ms, ${result.lost} lost, RSS ${mib(rss.start)} -> peak ${mib(rss.peak)} -> ${mib(rssEnd)} MiB, attacker sent ${stats.sent} closed ${stats.closed} refused ${stats.refused}; CPU s server ${result.server_cpu_s} bench ${result.client_cpu_s} (busiest ${busiest[0]} ${result.busiest_bench_cpu_pct}%), loop p99 ms honest ${result.loop_delay_p99_ms.honest_max} observer ${result.loop_delay_p99_ms.observer} attacker ${result.loop_delay_p99_ms.attacker}`,
   )
   return result
+}
+
+/** Adds the ratio to quiet and the goal verdicts to a run's phases. */
+function judge(phases) {
+  const quiet = phases.find(p => p.phase === "quiet")
+  for (const p of phases) {
+    p.p99_ratio = quiet?.p99_ms ? round(p.p99_ms / quiet.p99_ms, 2) : null
+    p.goal_latency_met = p.phase === "quiet" || (p.p99_ratio !== null && p.p99_ratio <= 2)
+    p.goal_rss_met = p.rss_growth_bytes < 100 * MiB
+  }
+  return phases
+}
+
+async function runOnce(variant, k) {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "abuse-bench-"))
+  log(`run ${k + 1}/${opts.repeat}, server env ${variant.name}: starting a fresh server`)
+  const server = await startBackchannelServer({ binary: opts.binary, dataDir, env: variant.env })
+  const out = { run: k + 1, server_env: variant.name, phases: [] }
+  let ctx
+  try {
+    ctx = await setup(server)
+    for (const name of ["quiet", ...opts.abuses]) out.phases.push(await phase(ctx, name))
+  } catch (err) {
+    out.error = String(err.stack ?? err)
+    out.server_stderr_tail = server.stderrText().slice(-4000)
+    log(`FAILED: ${out.error}`)
+  } finally {
+    if (ctx) await teardown(ctx)
+    out.server_exit = await server.stop()
+    fs.rmSync(dataDir, { recursive: true, force: true })
+  }
+  judge(out.phases)
+  return out
+}
+
+// ---------------------------------------------------------------------------
+// medians over the runs
+
+const MEDIAN_FIELDS = [
+  "replies",
+  "delivered",
+  "lost",
+  "p50_ms",
+  "p99_ms",
+  "max_ms",
+  "p99_ratio",
+  "rss_start_bytes",
+  "rss_peak_bytes",
+  "rss_end_bytes",
+  "rss_growth_bytes",
+  "attacker_sent",
+  "attacker_closed",
+  "attacker_refused",
+  "honest_errors",
+  "honest_disconnects",
+  "wall_s",
+  "server_cpu_s",
+  "client_cpu_s",
+  "server_cpu_pct",
+  "busiest_bench_cpu_pct",
+]
+
+function medianPhases(runs) {
+  const names = []
+  for (const r of runs) for (const p of r.phases) if (!names.includes(p.phase)) names.push(p.phase)
+  return names.map(name => {
+    const ps = runs.map(r => r.phases.find(p => p.phase === name)).filter(Boolean)
+    const m = { phase: name, runs: ps.length }
+    for (const f of MEDIAN_FIELDS) m[f] = median(ps.map(p => p[f]))
+    m.p99_ratio = round(m.p99_ratio, 2)
+    m.loop_delay_p99_ms = { honest_max: median(ps.map(p => p.loop_delay_p99_ms.honest_max)), attacker: median(ps.map(p => p.loop_delay_p99_ms.attacker)) }
+    m.goal_latency_met = name === "quiet" || m.p99_ratio <= 2
+    m.goal_rss_met = m.rss_growth_bytes < 100 * MiB
+    m.latency_met_runs = ps.filter(p => p.goal_latency_met).length
+    m.rss_met_runs = ps.filter(p => p.goal_rss_met).length
+    m.worst_p99_ratio = Math.max(...ps.map(p => p.p99_ratio ?? NaN))
+    m.worst_rss_growth_bytes = Math.max(...ps.map(p => p.rss_growth_bytes))
+    return m
+  })
+}
+
+const HEADER = ["phase", "p50 ms", "p99 ms", "p99/quiet", "RSS start MiB", "RSS peak MiB", "growth MiB", "RSS after MiB", "attacker sent", "closed", "refused", "lost", "disconnects", "CPU s server/bench", "busiest bench proc %", "goal p99 ≤ 2× quiet", "goal growth < 100 MiB"]
+
+function table(phases, { ofRuns } = {}) {
+  const verdict = (met, n) => (met ? "met" : "**missed**") + (ofRuns > 1 ? ` (${n}/${ofRuns} runs)` : "")
+  const lines = phases.map(p =>
+    [
+      p.phase,
+      round(p.p50_ms),
+      round(p.p99_ms),
+      p.p99_ratio,
+      mib(p.rss_start_bytes),
+      mib(p.rss_peak_bytes),
+      mib(p.rss_growth_bytes),
+      mib(p.rss_end_bytes),
+      p.attacker_sent,
+      p.attacker_closed,
+      p.attacker_refused,
+      p.lost,
+      p.honest_disconnects,
+      `${round(p.server_cpu_s, 2)}/${round(p.client_cpu_s, 2)}`,
+      p.busiest_bench_cpu_pct,
+      p.phase === "quiet" ? "-" : verdict(p.goal_latency_met, p.latency_met_runs),
+      verdict(p.goal_rss_met, p.rss_met_runs),
+    ].map(v => (v === null || v === undefined || Number.isNaN(v) ? "-" : String(v))),
+  )
+  return [`| ${HEADER.join(" | ")} |`, `|${HEADER.map(() => "---").join("|")}|`, ...lines.map(l => `| ${l.join(" | ")} |`)].join("\n")
 }
 
 // ---------------------------------------------------------------------------
 // run
 
-let refusals = 0
-captureRefusedUpgrades({
-  onRefused: e => {
-    if (refusals++ < 3) log(`a stock client's upgrade was refused: ${e.message}`)
-  },
-})
-
-const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "abuse-bench-"))
-log(`${opts.honest} honest clients, ${opts.seconds} s per phase, abuses ${opts.abuses.join(", ")}; binary ${opts.binary}`)
-const server = await startBackchannelServer({ binary: opts.binary, dataDir })
-const results = {
-  meta: { date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model, options: opts },
-  phases: [],
-}
-let ctx
-let failed = false
+let gitCommit = null
 try {
-  ctx = await setup(server)
-  for (const name of ["quiet", ...opts.abuses]) results.phases.push(await phase(ctx, name))
-} catch (err) {
-  failed = true
-  log(`FAILED: ${err.stack ?? err}`)
-  results.error = String(err.stack ?? err)
-  results.server_stderr_tail = server.stderrText().slice(-4000)
-} finally {
-  if (ctx) {
-    for (const s of ctx.live) s.close()
-    const repos = [...ctx.clients.map(c => c.repo), ctx.observer, ctx.setupRepo]
-    for (const repo of repos) {
-      for (const adapter of repo.networkSubsystem.adapters) {
-        adapter.retryInterval = 0
-        adapter.connect = () => {}
-      }
-    }
-    await shutdownAll(repos)
+  gitCommit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: REPO_ROOT, encoding: "utf8" }).trim()
+} catch {
+  // not a checkout
+}
+const results = {
+  meta: {
+    date: new Date().toISOString(),
+    node: process.version,
+    cpus: os.cpus().length,
+    cpu_model: os.cpus()[0]?.model,
+    loadavg_at_start: os.loadavg(),
+    git_commit: gitCommit,
+    binary_is_release: /\/release\//.test(opts.binary),
+    options: opts,
+  },
+  runs: [],
+  variants: [],
+}
+log(
+  `${opts.honest} honest clients in ${opts.workers} processes, ${opts.seconds} s per phase, ${opts.repeat} run(s), abuses ${opts.abuses.join(", ")}; binary ${opts.binary}; server env ${variants.map(v => v.name).join(" | ")}`,
+)
+let failed = false
+for (let k = 0; k < opts.repeat; k++) {
+  for (const variant of variants) {
+    const r = await runOnce(variant, k)
+    if (r.error) failed = true
+    results.runs.push(r)
   }
-  results.server_exit = await server.stop()
-  fs.rmSync(dataDir, { recursive: true, force: true })
 }
 
-const quiet = results.phases.find(p => p.phase === "quiet")
-const header = ["phase", "p50 ms", "p99 ms", "p99/quiet", "RSS start MiB", "RSS peak MiB", "growth MiB", "attacker sent", "closed", "refused", "lost", "disconnects", "CPU s server/bench", "goals"]
-const lines = results.phases.map(p => {
-  const ratio = quiet?.p99_ms ? round(p.p99_ms / quiet.p99_ms, 2) : null
-  p.p99_ratio = ratio
-  const latencyOk = p.phase === "quiet" || (ratio !== null && ratio <= 2)
-  const rssOk = p.rss_growth_bytes < 100 * MiB
-  p.goal_latency_met = latencyOk
-  p.goal_rss_met = rssOk
-  const goals = p.phase === "quiet" ? "-" : `${latencyOk ? "p99 ok" : "p99 MISSED"}, ${rssOk ? "RSS ok" : "RSS MISSED"}`
-  return [p.phase, p.p50_ms, p.p99_ms, ratio, mib(p.rss_start_bytes), mib(p.rss_peak_bytes), mib(p.rss_growth_bytes), p.attacker_sent, p.attacker_closed, p.attacker_refused, p.lost, p.honest_disconnects, `${p.server_cpu_s}/${p.client_cpu_s}`, goals].map(
-    v => (v === null || v === undefined ? "-" : String(v)),
-  )
-})
-console.log(`| ${header.join(" | ")} |`)
-console.log(`|${header.map(() => "---").join("|")}|`)
-for (const l of lines) console.log(`| ${l.join(" | ")} |`)
+for (const variant of variants) {
+  const runs = results.runs.filter(r => r.server_env === variant.name)
+  const title = variants.length > 1 ? ` (server env ${variant.name})` : ""
+  if (opts.repeat > 1) {
+    for (const r of runs) console.log(`\nrun ${r.run}/${opts.repeat}${title}:\n\n${table(r.phases)}`)
+  }
+  const med = opts.repeat > 1 ? medianPhases(runs) : runs[0].phases
+  results.variants.push({ server_env: variant.name, phases: med })
+  console.log(`\n${opts.repeat > 1 ? `median of ${runs.length} runs` : "one run"}${title}, ${opts.honest} honest clients, ${opts.seconds} s phases:\n\n${table(med, { ofRuns: opts.repeat })}`)
+}
+// `phases`, as before: the (median) figures of the first variant.
+results.phases = results.variants[0]?.phases ?? []
 
 if (argv.out) {
   fs.writeFileSync(argv.out, JSON.stringify(results, null, 2) + "\n")

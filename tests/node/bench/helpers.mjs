@@ -26,3 +26,113 @@ export function quantile(sorted, q) {
   const hi = Math.ceil(pos)
   return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo)
 }
+
+/** The median of numbers (finite ones only), or NaN if none. */
+export function median(values) {
+  const xs = values.filter(Number.isFinite).sort((a, b) => a - b)
+  if (xs.length === 0) return NaN
+  const mid = xs.length >> 1
+  return xs.length % 2 ? xs[mid] : (xs[mid - 1] + xs[mid]) / 2
+}
+
+/**
+ * Milliseconds on the system's monotonic clock (CLOCK_MONOTONIC, which
+ * process.hrtime reads): the same clock in every process on the machine, so
+ * a time taken in one child process can be compared with one from another.
+ */
+export const monoNow = () => Number(process.hrtime.bigint()) / 1e6
+
+// ---------------------------------------------------------------------------
+// bench child processes: the parent calls request(type, value) and gets the
+// handler's answer; a child may also emit events the parent did not ask for.
+
+/**
+ * Forks `script` as a bench child process (its stdout and stderr go to the
+ * parent's stderr). Returns { name, pid, child, exited, request(type, value),
+ * kill() }; onEvent(event, value) gets the child's emit()s.
+ */
+export async function forkRole(script, { name = script, onEvent, env } = {}) {
+  const { fork } = await import("node:child_process")
+  const child = fork(script, [], {
+    stdio: ["ignore", 2, 2, "ipc"],
+    serialization: "advanced",
+    env: { ...process.env, ...env },
+  })
+  let next = 0
+  const pending = new Map()
+  const exited = new Promise(resolve =>
+    child.once("exit", (code, signal) => {
+      for (const p of pending.values()) p.reject(new Error(`${name} exited (code ${code}, signal ${signal}) before answering ${p.type}`))
+      pending.clear()
+      resolve({ code, signal })
+    }),
+  )
+  child.on("message", m => {
+    if (m && m.reply !== undefined) {
+      const p = pending.get(m.reply)
+      if (!p) return
+      pending.delete(m.reply)
+      if (m.error !== undefined) p.reject(new Error(`${name}: ${m.error}`))
+      else p.resolve(m.value)
+    } else if (m && m.event) {
+      onEvent?.(m.event, m.value)
+    }
+  })
+  const killOnExit = () => {
+    try {
+      child.kill("SIGKILL")
+    } catch {
+      // already gone
+    }
+  }
+  process.once("exit", killOnExit)
+  exited.then(() => process.removeListener("exit", killOnExit))
+  return {
+    name,
+    pid: child.pid,
+    child,
+    exited,
+    request(type, value) {
+      const id = next++
+      return new Promise((resolve, reject) => {
+        if (!child.connected) return reject(new Error(`${name} is gone (asked for ${type})`))
+        pending.set(id, { resolve, reject, type })
+        child.send({ id, type, value })
+      })
+    },
+    kill: killOnExit,
+  }
+}
+
+/**
+ * In a bench child: answers the parent's requests with handlers[type](value)
+ * (sync or async). Adds `loopDelay({reset})`: this process's event-loop delay
+ * (p99 and max, ms) since the last reset, a sign of a saturated process.
+ * Exits when the parent goes. Returns { emit(event, value) }.
+ */
+export async function serveRole(handlers) {
+  const { monitorEventLoopDelay } = await import("node:perf_hooks")
+  const delay = monitorEventLoopDelay({ resolution: 10 })
+  delay.enable()
+  const all = {
+    ...handlers,
+    loopDelay: ({ reset = false } = {}) => {
+      const out = { p99_ms: delay.count ? delay.percentile(99) / 1e6 : 0, max_ms: delay.count ? delay.max / 1e6 : 0 }
+      if (reset) delay.reset()
+      return out
+    },
+  }
+  process.on("message", async m => {
+    if (!m || m.id === undefined) return
+    const fn = all[m.type]
+    try {
+      if (!fn) throw new Error(`no handler for ${m.type}`)
+      const value = await fn(m.value)
+      process.send({ reply: m.id, value })
+    } catch (err) {
+      process.send({ reply: m.id, error: String(err?.stack ?? err) })
+    }
+  })
+  process.on("disconnect", () => process.exit(0))
+  return { emit: (event, value) => process.connected && process.send({ event, value }) }
+}
