@@ -1001,9 +1001,15 @@ impl<P: Policy> Engine<P> {
                     doc: &existing.doc,
                     creator: &existing.creator,
                 };
-                self.policy
-                    .check_changes(&connection.user, view, &before, &changes, creating)
-                    .map(|verdict_writes| (changes, verdict_writes))
+                judge(
+                    &self.policy,
+                    &connection.user,
+                    view,
+                    &before,
+                    &changes,
+                    creating,
+                )
+                .map(|verdict_writes| (changes, verdict_writes))
             }
         };
         match verdict {
@@ -1142,8 +1148,14 @@ impl<P: Policy> Engine<P> {
             creator: &existing.creator,
         };
         let verdict = verdict.and_then(|()| {
-            self.policy
-                .check_changes(&connection.user, view, &before, &changes, false)
+            judge(
+                &self.policy,
+                &connection.user,
+                view,
+                &before,
+                &changes,
+                false,
+            )
         });
         match verdict {
             Ok(verdict_writes) => {
@@ -1922,6 +1934,22 @@ impl<U> Existing<U> {
             undo: None,
         }
     }
+}
+
+/// The policy's verdict; a policy that panics on a hand-made change refuses
+/// it, and the shard goes on serving everyone else.
+fn judge<P: Policy>(
+    policy: &P,
+    user: &P::User,
+    view: DocumentView<'_>,
+    before: &[ChangeHash],
+    changes: &[Change],
+    creating: bool,
+) -> Result<Vec<StorageWrite>, Refusal> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        policy.check_changes(user, view, before, changes, creating)
+    }))
+    .unwrap_or_else(|_| Err(Refusal::new("the change could not be judged")))
 }
 
 /// Who made accepted changes: a client (with the store writes the policy's

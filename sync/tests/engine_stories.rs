@@ -42,6 +42,9 @@ impl Policy for TestPolicy {
         _changes: &[automerge::Change],
         _creating: bool,
     ) -> Result<Vec<StorageWrite>, Refusal> {
+        if let Ok(Some(_)) = document.doc.get(ROOT, "panic") {
+            panic!("the test policy panics on `panic`");
+        }
         match document.doc.get(ROOT, "forbidden") {
             Ok(Some(_)) => Err(Refusal::new("no one may write `forbidden`")),
             _ => Ok(vec![StorageWrite::Put {
@@ -590,6 +593,21 @@ fn a_refused_change_is_undone_without_rebuilding_the_document_from_its_history()
     world.sync(tablet, doc_id(1));
     assert_eq!(world.value(tablet, doc_id(1), "n"), Some(99));
     assert_eq!(world.value(tablet, doc_id(1), "forbidden"), None);
+}
+
+#[test]
+fn a_change_the_policy_panics_on_is_refused_and_everyone_else_keeps_syncing() {
+    let mut world = World::new();
+    let (phone, laptop, bob) = three_readers(&mut world);
+    world.edit(bob, doc_id(1), "panic", 1);
+    world.sync(bob, doc_id(1));
+    let reason = world.clients[bob].closed.clone().unwrap_or_default();
+    assert!(reason.contains("could not be judged"), "{reason}");
+    world.edit(phone, doc_id(1), "n", 7);
+    world.sync(phone, doc_id(1));
+    world.sync(laptop, doc_id(1));
+    assert_eq!(world.value(laptop, doc_id(1), "n"), Some(7));
+    assert_eq!(world.value(laptop, doc_id(1), "panic"), None);
 }
 
 #[test]

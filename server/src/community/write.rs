@@ -1196,18 +1196,32 @@ fn path_to(doc: &Automerge, obj: &ObjectId) -> Result<PathToObject, Refusal> {
         return Ok((Vec::new(), Vec::new()));
     };
     let target = import(doc, id.counter(), id.actor())?;
-    let parents = doc
-        .parents(&target)
-        .map_err(|error| refuse("unknown-object", error))?;
-    let mut chain: Vec<(ObjId, Step)> = parents
-        .map(|parent| {
-            let step = match parent.prop {
-                automerge::Prop::Map(key) => Step::Key(key),
-                automerge::Prop::Seq(_) => Step::Index,
-            };
-            (parent.obj, step)
+    // automerge 0.12 trips a debug assertion in `parents` for an object inside
+    // a list element the same change deleted (release builds skip it); a
+    // hand-made change must not take the shard down in either.
+    let walked = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        doc.parents(&target).map(|parents| {
+            parents
+                .map(|parent| {
+                    let step = match parent.prop {
+                        automerge::Prop::Map(key) => Step::Key(key),
+                        automerge::Prop::Seq(_) => Step::Index,
+                    };
+                    (parent.obj, step)
+                })
+                .collect::<Vec<(ObjId, Step)>>()
         })
-        .collect();
+    }));
+    let mut chain = match walked {
+        Ok(Ok(chain)) => chain,
+        Ok(Err(error)) => return Err(refuse("unknown-object", error)),
+        Err(_) => {
+            return Err(refuse(
+                "unknown-object",
+                "the change edits an object it also removes",
+            ));
+        }
+    };
     chain.reverse();
     Ok(chain.into_iter().map(|(obj, step)| (step, obj)).unzip())
 }
