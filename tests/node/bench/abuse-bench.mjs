@@ -59,6 +59,7 @@ const { values: argv } = parseArgs({
     workers: { type: "string", default: "4" },
     repeat: { type: "string", default: "1" },
     settle: { type: "string", default: "2" },
+    warmup: { type: "string", default: "5" },
     abuses: { type: "string", default: ALL_ABUSES.join(",") },
     "per-user": { type: "string", default: "5" },
     "per-post": { type: "string", default: "10" },
@@ -77,6 +78,7 @@ if (argv.help) {
   --repeat R      run the whole phase sequence R times, each against a fresh
                   server, and report the median per phase (default 1)
   --settle S      seconds to go on sampling RSS after each phase's last replies (default 2)
+  --warmup S      seconds of honest load, not measured, before the quiet phase (default 5)
   --abuses LIST   comma-separated, from ${ALL_ABUSES.join(",")} (default all)
   --per-user K    honest clients sharing one user (default 5; the server allows 32 sockets per user)
   --per-post P    honest clients writing to one post (default 10)
@@ -94,6 +96,7 @@ const opts = {
   workers: Number(argv.workers),
   repeat: Number(argv.repeat),
   settle: Number(argv.settle),
+  warmup: Number(argv.warmup),
   perUser: Number(argv["per-user"]),
   perPost: Number(argv["per-post"]),
   abuses: argv.abuses.split(",").map(s => s.trim()).filter(Boolean),
@@ -112,9 +115,11 @@ for (const k of ["honest", "seconds", "workers", "repeat", "perUser", "perPost"]
     process.exit(2)
   }
 }
-if (!Number.isFinite(opts.settle) || opts.settle < 0) {
-  console.error("--settle must be a number of seconds")
-  process.exit(2)
+for (const k of ["settle", "warmup"]) {
+  if (!Number.isFinite(opts[k]) || opts[k] < 0) {
+    console.error(`--${k} must be a number of seconds`)
+    process.exit(2)
+  }
 }
 opts.workers = Math.min(opts.workers, opts.honest)
 
@@ -344,6 +349,20 @@ async function phase(ctx, name) {
   return result
 }
 
+/**
+ * Honest load that is not measured, so that the quiet phase, the reference,
+ * does not carry the clients' first edits (JIT warm-up, first syncs).
+ */
+async function warmup(ctx) {
+  if (opts.warmup <= 0) return
+  log(`warm-up: ${opts.warmup} s of honest load, not measured`)
+  const endAt = monoNow() + opts.warmup * 1000
+  const sent = (await Promise.all(ctx.workers.map(w => w.request("phase", { endAt })))).flatMap(h => h.sent)
+  const graceEnd = monoNow() + 10_000
+  while (monoNow() < graceEnd && !sent.every(([id]) => ctx.arrivals.has(id))) await sleep(100)
+  await sleep(1000)
+}
+
 /** Adds the ratio to quiet and the goal verdicts to a run's phases. */
 function judge(phases) {
   const quiet = phases.find(p => p.phase === "quiet")
@@ -363,6 +382,7 @@ async function runOnce(variant, k) {
   let ctx
   try {
     ctx = await setup(server)
+    await warmup(ctx)
     for (const name of ["quiet", ...opts.abuses]) out.phases.push(await phase(ctx, name))
   } catch (err) {
     out.error = String(err.stack ?? err)
