@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use automerge::ActorId;
+use backchannel_sync::{EngineConfig, PeerId};
+
 use crate::auth::TrustedProxies;
 
 /// Everything a running server needs to know, passed explicitly to [`crate::run`].
@@ -113,6 +116,13 @@ pub struct Limits {
     pub sync_connections_per_user: usize,
     /// Live `/sync` sockets from one client address (see `trusted_proxies`).
     pub sync_connections_per_address: usize,
+    /// Documents one sync connection may have open in each shard.
+    pub sync_documents_per_connection: usize,
+    /// Largest ephemeral `data`; a larger one closes its sender.
+    pub ephemeral_bytes: usize,
+    /// Ephemeral bytes one user may send per second, sustained (bursts of
+    /// twice as much): every relayed byte goes to every reader.
+    pub ephemeral_bytes_per_second: usize,
 }
 
 impl Default for Limits {
@@ -138,7 +148,28 @@ impl Default for Limits {
             sync_send_timeout: Duration::from_secs(30),
             sync_connections_per_user: 32,
             sync_connections_per_address: 4_096,
+            sync_documents_per_connection: ENGINE_DEFAULTS.max_documents_per_connection,
+            ephemeral_bytes: ENGINE_DEFAULTS.ephemeral_max_bytes,
+            ephemeral_bytes_per_second: ENGINE_DEFAULTS.ephemeral_bytes_per_second,
         }
+    }
+}
+
+/// The sync engine's own defaults for the limits above.
+static ENGINE_DEFAULTS: std::sync::LazyLock<EngineConfig> = std::sync::LazyLock::new(|| {
+    EngineConfig::new(PeerId::new("defaults"), ActorId::from([0_u8; 16]))
+});
+
+impl Limits {
+    /// The engine settings these limits give, for a server with `peer_id`
+    /// and `actor`.
+    pub fn engine_config(&self, peer_id: PeerId, actor: ActorId) -> EngineConfig {
+        let mut config = EngineConfig::new(peer_id, actor);
+        config.max_documents_per_connection = self.sync_documents_per_connection;
+        config.ephemeral_max_bytes = self.ephemeral_bytes;
+        config.ephemeral_bytes_per_second = self.ephemeral_bytes_per_second;
+        config.ephemeral_bytes_burst = self.ephemeral_bytes_per_second.saturating_mul(2);
+        config
     }
 }
 

@@ -66,6 +66,7 @@ pub async fn run(
     let hub = Arc::new(SyncHub::start(
         store.clone(),
         shards,
+        &settings.limits,
         kept::summary_sink(projector.clone()),
     )?);
     let (push, push_feed) = {

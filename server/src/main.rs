@@ -80,6 +80,18 @@ struct ServeArgs {
     /// Bytes of one sync connection's messages that may wait to be processed before it is read no further.
     #[arg(long, env = "BACKCHANNEL_SYNC_INBOUND_BYTES", default_value_t = Limits::default().sync_inbound_bytes)]
     sync_inbound_bytes: usize,
+    /// Largest sync message (one WebSocket message) accepted, in bytes.
+    #[arg(long, env = "BACKCHANNEL_SYNC_MESSAGE_BYTES", default_value_t = Limits::default().sync_message_bytes)]
+    sync_message_bytes: usize,
+    /// Documents one sync connection may have open in each shard.
+    #[arg(long, env = "BACKCHANNEL_SYNC_DOCUMENTS_PER_CONNECTION", default_value_t = Limits::default().sync_documents_per_connection)]
+    sync_documents_per_connection: usize,
+    /// Largest ephemeral message data (presence, typing), in bytes.
+    #[arg(long, env = "BACKCHANNEL_EPHEMERAL_BYTES", default_value_t = Limits::default().ephemeral_bytes)]
+    ephemeral_bytes: usize,
+    /// Ephemeral bytes one user may send per second (bursts of twice as much).
+    #[arg(long, env = "BACKCHANNEL_EPHEMERAL_BYTES_PER_SECOND", default_value_t = Limits::default().ephemeral_bytes_per_second)]
+    ephemeral_bytes_per_second: usize,
     /// Live /sync connections from one client address (0: no limit).
     #[arg(long, env = "BACKCHANNEL_SYNC_CONNECTIONS_PER_ADDRESS", default_value_t = Limits::default().sync_connections_per_address)]
     sync_connections_per_address: usize,
@@ -167,6 +179,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             sync_outbound_bytes: args.sync_outbound_bytes,
             sync_send_timeout: std::time::Duration::from_secs(args.sync_send_timeout_secs.max(1)),
             sync_inbound_bytes: args.sync_inbound_bytes,
+            sync_message_bytes: args.sync_message_bytes,
+            sync_documents_per_connection: args.sync_documents_per_connection,
+            ephemeral_bytes: args.ephemeral_bytes,
+            ephemeral_bytes_per_second: args.ephemeral_bytes_per_second,
             ..Limits::default()
         },
         push: PushSettings {

@@ -27,14 +27,15 @@ use automerge::ActorId;
 use automerge::transaction::Transaction;
 use backchannel_sync::handshake::ServerIdentity;
 use backchannel_sync::{
-    Connection, ConnectionId, DocumentId, DocumentMessage, Engine, EngineConfig, Input, LocalEdit,
-    PeerId, StorageId,
+    Connection, ConnectionId, DocumentId, DocumentMessage, Engine, Input, LocalEdit, PeerId,
+    StorageId,
 };
 
 use crate::community::{
     ActorBindings, BYTES_PER_USER, CommunityRules, DOCUMENTS_PER_USER, Quota, Restrictions,
     STALE_GRACE_MILLIS, Summary, SyncUser, Usage,
 };
+use crate::config::Limits;
 use crate::store::{Store, StoreError};
 use registry::Registry;
 
@@ -112,6 +113,7 @@ impl SyncHub {
     pub fn start(
         store: Arc<dyn Store>,
         shard_count: usize,
+        limits: &Limits,
         summaries: SummarySink,
     ) -> Result<Self, StoreError> {
         let identity = server_identity(store.as_ref())?;
@@ -144,7 +146,7 @@ impl SyncHub {
         for index in 0..shard_count.max(1) {
             let (sender, receiver) = mpsc::channel();
             let engine = Engine::new(
-                EngineConfig::new(identity.peer_id.clone(), server_actor.clone()),
+                limits.engine_config(identity.peer_id.clone(), server_actor.clone()),
                 CommunityRules::new(actors.clone(), quota.clone(), restrictions.clone()),
             );
             let context = shard::ShardContext {

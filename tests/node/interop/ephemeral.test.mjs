@@ -93,3 +93,57 @@ describe("ephemeral messages with the stock client", () => {
     for (const reader of readers) assert.equal(reader.heard.length, 1, reader.name)
   })
 })
+
+describe("ephemeral limits set on the command line", () => {
+  let server
+  const repos = []
+
+  before(async () => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "backchannel-ephemeral-limits-"))
+    server = await startBackchannelServer({ binary: BINARY, dataDir, env: { BACKCHANNEL_EPHEMERAL_BYTES: "1000" } })
+  })
+
+  after(async () => {
+    await shutdownAll(repos)
+    await server?.stop()
+  })
+
+  test("an ephemeral over --ephemeral-bytes closes its sender and reaches no one; a small one still does", async () => {
+    const ada = await signUp(server, "ada")
+    const adaRepo = makeClient(server.syncUrl(ada.access_token))
+    repos.push(adaRepo)
+    await waitForPeer(adaRepo)
+    const post = adaRepo.create({
+      type: "post",
+      schema: 1,
+      author: ada.user.id,
+      created_at: Date.now(),
+      status: "published",
+      title: "Limits",
+      body: "set by the operator",
+      replies: [],
+    })
+    assert.ok(await waitUntilServerAcked(adaRepo, post))
+    const bob = await signUp(server, "bob")
+    const bobRepo = makeClient(server.syncUrl(bob.access_token))
+    repos.push(bobRepo)
+    await waitForPeer(bobRepo)
+    const handle = await withTimeout(bobRepo.find(post.url), 10_000, "bob finds the post")
+    const heard = []
+    handle.on("ephemeral-message", ({ message }) => heard.push(message))
+    let disconnects = 0
+    adaRepo.networkSubsystem.on("peer-disconnected", () => disconnects++)
+
+    post.broadcast({ typing: "x".repeat(2_000) })
+    await waitFor(() => disconnects > 0, { what: "ada's connection to close" })
+    await waitForPeer(adaRepo)
+    // Back in sync on the new connection before the next broadcast.
+    post.change(doc => {
+      doc.body = "set by the operator, again"
+    })
+    assert.ok(await waitUntilServerAcked(adaRepo, post))
+    post.broadcast({ typing: ada.user.id })
+    await waitFor(() => heard.length > 0, { what: "bob hears the small ephemeral" })
+    assert.deepEqual(heard, [{ typing: ada.user.id }])
+  })
+})
