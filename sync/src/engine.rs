@@ -1137,7 +1137,10 @@ impl<P: Policy> Engine<P> {
                 );
                 return;
             }
-            Applied::Done if existing.doc.get_heads() == before => return,
+            Applied::Done if existing.doc.get_heads() == before => {
+                existing.undo = None;
+                return;
+            }
             Applied::Failed(error) => Err(Refusal::new(error)),
             Applied::Done => Ok(()),
         };
