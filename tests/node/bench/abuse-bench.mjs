@@ -60,6 +60,7 @@ const { values: argv } = parseArgs({
     repeat: { type: "string", default: "1" },
     settle: { type: "string", default: "2" },
     warmup: { type: "string", default: "5" },
+    "honest-nice": { type: "string", default: "0" },
     abuses: { type: "string", default: ALL_ABUSES.join(",") },
     "per-user": { type: "string", default: "5" },
     "per-post": { type: "string", default: "10" },
@@ -79,6 +80,7 @@ if (argv.help) {
                   server, and report the median per phase (default 1)
   --settle S      seconds to go on sampling RSS after each phase's last replies (default 2)
   --warmup S      seconds of honest load, not measured, before the quiet phase (default 5)
+  --honest-nice N nice value for the honest worker processes (default 0: as the rest)
   --abuses LIST   comma-separated, from ${ALL_ABUSES.join(",")} (default all)
   --per-user K    honest clients sharing one user (default 5; the server allows 32 sockets per user)
   --per-post P    honest clients writing to one post (default 10)
@@ -97,6 +99,7 @@ const opts = {
   repeat: Number(argv.repeat),
   settle: Number(argv.settle),
   warmup: Number(argv.warmup),
+  honestNice: Number(argv["honest-nice"]),
   perUser: Number(argv["per-user"]),
   perPost: Number(argv["per-post"]),
   abuses: argv.abuses.split(",").map(s => s.trim()).filter(Boolean),
@@ -114,6 +117,10 @@ for (const k of ["honest", "seconds", "workers", "repeat", "perUser", "perPost"]
     console.error(`--${k} must be a positive integer`)
     process.exit(2)
   }
+}
+if (!Number.isInteger(opts.honestNice) || opts.honestNice < 0 || opts.honestNice > 19) {
+  console.error("--honest-nice must be an integer from 0 to 19")
+  process.exit(2)
 }
 for (const k of ["settle", "warmup"]) {
   if (!Number.isFinite(opts[k]) || opts[k] < 0) {
@@ -210,6 +217,7 @@ async function setup(server) {
     return { i, url: server.syncUrl(account.access_token), userId: account.user.id, postUrl: postHandles[i % posts].url, commonUrl: postHandles[0].url }
   })
   const workers = await Promise.all(range(opts.workers).map(w => fork("honest.mjs", `honest worker ${w}`)))
+  if (opts.honestNice) for (const w of workers) os.setPriority(w.pid, opts.honestNice)
   const counts = await Promise.all(workers.map((w, k) => w.request("connect", { specs: specs.filter(s => s.i % opts.workers === k) })))
   log(`${counts.reduce((a, b) => a + b, 0)} honest clients connected in ${workers.length} processes, each with its post and the common post`)
 
