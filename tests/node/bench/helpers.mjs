@@ -56,6 +56,8 @@ export async function forkRole(script, { name = script, onEvent, env } = {}) {
   const child = fork(script, [], {
     stdio: ["ignore", 2, 2, "ipc"],
     serialization: "advanced",
+    // e.g. BENCH_CHILD_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the children
+    execArgv: [...process.execArgv, ...(process.env.BENCH_CHILD_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [])],
     env: { ...process.env, ...env },
   })
   let next = 0
