@@ -102,7 +102,13 @@ impl Running {
         ));
         let (projector, feed) = std::sync::mpsc::channel();
         let hub = Arc::new(
-            SyncHub::start(store.clone(), 2, kept::summary_sink(projector.clone())).unwrap(),
+            SyncHub::start(
+                store.clone(),
+                2,
+                &Limits::default(),
+                kept::summary_sink(projector.clone()),
+            )
+            .unwrap(),
         );
         let (push, _feed) = Push::new(
             store.clone(),

@@ -137,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
     let hub = Arc::new(SyncHub::start(
         store.clone(),
         2,
+        &Limits::default(),
         kept::summary_sink(projector.clone()),
     )?);
     // Nobody subscribes in this benchmark: the push side only looks.
