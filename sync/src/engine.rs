@@ -56,6 +56,10 @@ pub struct DocumentView<'a> {
     pub doc: &'a Automerge,
     /// The user id of whoever first sent the document.
     pub creator: &'a str,
+    /// For [`Policy::check_changes`]: the document as it was before the
+    /// changes being judged, so that what it was need not be read from
+    /// history (each read at past heads walks the change graph).
+    pub previous: Option<&'a Automerge>,
 }
 
 /// Why the policy refused a change; `rule` is shown to the client.
@@ -849,6 +853,7 @@ impl<P: Policy> Engine<P> {
                 id: &document_id,
                 doc: &existing.doc,
                 creator: &existing.creator,
+                previous: None,
             };
             if !self.policy.may_read(&connection.user, view) {
                 existing.peers.remove(&connection.id);
@@ -1000,6 +1005,7 @@ impl<P: Policy> Engine<P> {
                     id: &document_id,
                     doc: &existing.doc,
                     creator: &existing.creator,
+                    previous: existing.undo.as_ref(),
                 };
                 judge(
                     &self.policy,
@@ -1149,6 +1155,7 @@ impl<P: Policy> Engine<P> {
             id: &document_id,
             doc: &existing.doc,
             creator: &existing.creator,
+            previous: existing.undo.as_ref(),
         };
         let verdict = verdict.and_then(|()| {
             judge(
@@ -1273,6 +1280,7 @@ impl<P: Policy> Engine<P> {
             id: &document_id,
             doc: &existing.doc,
             creator: &existing.creator,
+            previous: None,
         };
         if let Some(summary) = self.policy.summarize(view) {
             effects.push(Effect::Summary {
@@ -1299,6 +1307,7 @@ impl<P: Policy> Engine<P> {
             id: &document_id,
             doc: &existing.doc,
             creator: &existing.creator,
+            previous: None,
         };
         if !self.policy.may_read(&connection.user, view) {
             return;
@@ -1358,6 +1367,7 @@ impl<P: Policy> Engine<P> {
                 id: &document_id,
                 doc: &existing.doc,
                 creator: &existing.creator,
+                previous: None,
             };
             if !self.policy.may_read(&peer.connection.user, view) {
                 // Access was lost (removed from a conversation, a post hidden).
@@ -2017,6 +2027,7 @@ fn record_accepted<P: Policy>(
         id: &document_id,
         doc: &existing.doc,
         creator: &existing.creator,
+        previous: None,
     };
     for (id, waiting) in loaded.waiting.drain() {
         if policy.may_read(&waiting.user, view) {

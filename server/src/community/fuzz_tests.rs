@@ -653,6 +653,7 @@ impl Scene {
             id: &self.id,
             doc: &self.doc,
             creator: &self.creator,
+            previous: None,
         };
         let verdict = self
             .rules

@@ -216,6 +216,7 @@ mod tests {
                 id: &id,
                 doc: &doc,
                 creator: "ada",
+                previous: None,
             };
             rules.check_changes(&ada, view, &[], &changes, true)
         };

@@ -91,6 +91,7 @@ impl Policy for CommunityRules {
         let verdict_writes = WriteCheck {
             document: &id,
             doc: document.doc,
+            previous: document.previous,
             user,
             creator: document.creator,
             actors: &self.actors,

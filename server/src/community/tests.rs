@@ -98,6 +98,7 @@ impl Scene {
     fn verdict(
         &self,
         doc: &Automerge,
+        previous: &Automerge,
         who: &SyncUser,
         before: &[ChangeHash],
         changes: &[automerge::Change],
@@ -105,6 +106,7 @@ impl Scene {
         let writes = WriteCheck {
             document: "the-document",
             doc,
+            previous: Some(previous),
             user: who,
             creator: &self.creator,
             actors: &self.actors,
@@ -144,10 +146,11 @@ impl Scene {
             .filter(|change| self.doc.get_change_by_hash(&change.hash()).is_none())
             .collect();
         let before = self.doc.get_heads();
+        let previous = self.doc.clone();
         self.doc.apply_changes(new.clone()).unwrap();
-        let verdict = self.verdict(&self.doc, who, &before, &new);
+        let verdict = self.verdict(&self.doc, &previous, who, &before, &new);
         if verdict.is_err() {
-            self.doc = self.doc.fork_at(&before).unwrap();
+            self.doc = previous;
         }
         verdict
     }
@@ -941,7 +944,7 @@ fn one_message_binds_at_most_a_bounded_number_of_new_actors() {
     let changes: Vec<_> = device.get_changes(&before);
     let mut doc = scene.doc.clone();
     doc.apply_changes(changes.clone()).unwrap();
-    let verdict = scene.verdict(&doc, &meg(), &before, &changes);
+    let verdict = scene.verdict(&doc, &scene.doc, &meg(), &before, &changes);
     assert_refused(verdict, "too-many");
     assert_eq!(scene.actors.owner(changes[0].actor_id()).unwrap(), None);
 }
@@ -1016,10 +1019,11 @@ impl Scene {
                 }
             }
         }
+        let previous = self.doc.clone();
         self.doc.apply_changes(changes.clone()).unwrap();
-        let verdict = self.verdict(&self.doc, who, &before, &changes);
+        let verdict = self.verdict(&self.doc, &previous, who, &before, &changes);
         if verdict.is_err() {
-            self.doc = self.doc.fork_at(&before).unwrap();
+            self.doc = previous;
         }
         verdict
     }

@@ -106,6 +106,8 @@ fn refuse(rule: &str, detail: impl std::fmt::Display) -> Refusal {
 pub struct WriteCheck<'a> {
     pub document: &'a str,
     pub doc: &'a Automerge,
+    /// `doc` as it was before the message, when the engine kept a copy.
+    pub previous: Option<&'a Automerge>,
     pub user: &'a SyncUser,
     pub creator: &'a str,
     pub actors: &'a ActorBindings,
@@ -162,7 +164,7 @@ impl WriteCheck<'_> {
 
     /// Judges the message; answers the document's facts before it.
     fn judge(&self, before: &[ChangeHash], changes: &[Change]) -> Result<DocFacts, Refusal> {
-        let before_facts = DocFacts::read(At::heads(self.doc, before));
+        let before_facts = DocFacts::read(self.as_before(before));
         let Some(type_name) = before_facts.type_name.clone() else {
             // A document without a type is its creator's alone; the message
             // that gives it one must leave the merged result valid (each
@@ -206,6 +208,15 @@ impl WriteCheck<'_> {
             self.validate_status_move(&before_facts, At::now(self.doc))?;
         }
         Ok(before_facts)
+    }
+
+    /// The document as it was before the message: its copy when there is
+    /// one (a read at past heads walks the change graph each time).
+    fn as_before<'b>(&'b self, before: &'b [ChangeHash]) -> At<'b> {
+        match self.previous {
+            Some(previous) => At::now(previous),
+            None => At::heads(self.doc, before),
+        }
     }
 
     /// The facts a change built on `deps` is judged on. A change written
@@ -292,7 +303,7 @@ impl WriteCheck<'_> {
     /// A safety net over the op rules: whatever the merge, a typed document's
     /// identity fields read the same after the message as before it.
     fn immutable_fields_kept(&self, before: &[ChangeHash]) -> Result<(), Refusal> {
-        let then = At::heads(self.doc, before);
+        let then = self.as_before(before);
         if then.text(&ROOT, "type").is_none() {
             return Ok(());
         }
