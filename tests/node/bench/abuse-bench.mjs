@@ -153,6 +153,16 @@ function log(...args) {
 const MiB = 1024 * 1024
 const mib = b => (Number.isFinite(b) ? Math.round((b / MiB) * 10) / 10 : null)
 const round = (x, d = 1) => (Number.isFinite(x) ? Math.round(x * 10 ** d) / 10 ** d : null)
+/** RssAnon and RssFile of a process, in bytes (NaN if gone). */
+function readRssParts(pid) {
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, "utf8")
+    const kb = name => Number(new RegExp(`^${name}:\\s+(\\d+)\\s+kB`, "m").exec(status)?.[1]) * 1024
+    return { anon: kb("RssAnon"), file: kb("RssFile") }
+  } catch {
+    return { anon: NaN, file: NaN }
+  }
+}
 const selfCpuSeconds = () => {
   const u = process.cpuUsage()
   return (u.user + u.system) / 1e6
@@ -299,6 +309,7 @@ async function phase(ctx, name) {
   await sleep(opts.settle * 1000)
   clearInterval(sampler)
   const rssEnd = readRssBytes(server.pid)
+  const rssParts = readRssParts(server.pid)
   const wall = (monoNow() - wall0) / 1000
   const cpu1 = cpuSnapshot(ctx)
 
@@ -329,6 +340,9 @@ async function phase(ctx, name) {
     rss_peak_bytes: rss.peak,
     rss_end_bytes: rssEnd,
     rss_growth_bytes: rss.peak - rss.start,
+    // RssAnon (heap, mmapped allocations) and RssFile (the binary, mapped files) at the end.
+    rss_anon_end_bytes: rssParts.anon,
+    rss_file_end_bytes: rssParts.file,
     attacker_sent: stats.sent,
     attacker_closed: stats.closed,
     attacker_refused: stats.refused,
