@@ -994,13 +994,13 @@ impl<P: Policy> Engine<P> {
             Applied::Failed(error) => Err(Refusal::new(format!(
                 "the automerge sync message for {document_id} could not be applied: {error}"
             ))),
-            Applied::Done if after == before => {
+            Applied::Done(_) if after == before => {
                 existing.undo = None;
                 loaded.owed.insert(connection.id);
                 return;
             }
-            Applied::Done => {
-                let changes = existing.doc.get_changes(&before);
+            Applied::Done(applied) => {
+                let changes = applied.unwrap_or_else(|| existing.doc.get_changes(&before));
                 let view = DocumentView {
                     id: &document_id,
                     doc: &existing.doc,
@@ -1143,14 +1143,18 @@ impl<P: Policy> Engine<P> {
                 );
                 return;
             }
-            Applied::Done if existing.doc.get_heads() == before => {
+            Applied::Done(_) if existing.doc.get_heads() == before => {
                 existing.undo = None;
                 return;
             }
             Applied::Failed(error) => Err(Refusal::new(error)),
-            Applied::Done => Ok(()),
+            Applied::Done(applied) => Ok(applied),
         };
-        let changes = existing.doc.get_changes(&before);
+        let (verdict, changes) = match verdict {
+            Ok(Some(applied)) => (Ok(()), applied),
+            Ok(None) => (Ok(()), existing.doc.get_changes(&before)),
+            Err(refusal) => (Err(refusal), Vec::new()),
+        };
         let view = DocumentView {
             id: &document_id,
             doc: &existing.doc,
@@ -1629,7 +1633,9 @@ impl<P: Policy> Engine<P> {
 
 /// How applying a peer's sync message went.
 enum Applied {
-    Done,
+    /// Applied; the changes it added, in causal order, when it is known
+    /// without asking automerge (a whole document in the message: `None`).
+    Done(Option<Vec<Change>>),
     Failed(String),
     /// The message's changes do not parse: nothing was applied.
     Malformed(String),
@@ -1724,7 +1730,7 @@ fn apply_sync_message<U>(
             doc.load_incremental(document)?;
         }
         if !ready.is_empty() {
-            doc.apply_changes(ready)?;
+            doc.apply_changes(ready.iter().cloned())?;
         }
         Ok::<(), AutomergeError>(())
     }));
@@ -1755,7 +1761,7 @@ fn apply_sync_message<U>(
         state.shared_heads = advance_heads(&before, &after, &state.shared_heads);
     }
     match doc.receive_sync_message(state, message) {
-        Ok(()) => Applied::Done,
+        Ok(()) => Applied::Done(whole_documents.is_empty().then_some(ready)),
         Err(error) => Applied::Failed(error.to_string()),
     }
 }
