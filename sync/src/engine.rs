@@ -423,7 +423,43 @@ pub struct Engine<P: Policy> {
     rebuilds: u64,
     /// Ephemeral bytes each user may still send, by user id.
     ephemeral_bytes: HashMap<String, TokenBucket>,
+    sync_messages_generated: u64,
 }
+
+/// A sync message generated for one peer, reused for the others whose sync
+/// state was the same.
+struct SharedMessage {
+    before: sync::State,
+    after: sync::State,
+    data: Option<Vec<u8>>,
+}
+
+/// What most often tells two sync states apart, cheap to compare: only
+/// peers that agree on it are compared in full.
+#[derive(PartialEq, Eq, Hash)]
+struct StateFingerprint {
+    shared_heads: Vec<ChangeHash>,
+    last_sent_heads: Vec<ChangeHash>,
+    their_heads: Option<Vec<ChangeHash>>,
+    sent: usize,
+    in_flight: bool,
+}
+
+impl StateFingerprint {
+    fn of(state: &sync::State) -> Self {
+        Self {
+            shared_heads: state.shared_heads.clone(),
+            last_sent_heads: state.last_sent_heads.clone(),
+            their_heads: state.their_heads.clone(),
+            sent: state.sent_hashes.len(),
+            in_flight: state.in_flight,
+        }
+    }
+}
+
+/// Distinct sync states remembered while owed messages go out (comparing a
+/// state is cheap next to generating a message, but not free).
+const SHARED_SYNC_STATES: usize = 8;
 
 /// A rate limit: `tokens` refill at a steady rate up to a burst.
 #[derive(Debug, Clone, Copy, Default)]
@@ -468,6 +504,7 @@ impl<P: Policy> Engine<P> {
             next_write: 0,
             rebuilds: 0,
             ephemeral_bytes: HashMap::new(),
+            sync_messages_generated: 0,
         }
     }
 
@@ -484,6 +521,12 @@ impl<P: Policy> Engine<P> {
     /// (`fork_at`) to undo refused changes: the expensive path.
     pub fn rebuilds(&self) -> u64 {
         self.rebuilds
+    }
+
+    /// How many sync messages were generated (and not merely shared) for
+    /// peers owed one: peers in the same sync state share one.
+    pub fn sync_messages_generated(&self) -> u64 {
+        self.sync_messages_generated
     }
 
     pub fn handle(&mut self, input: Input<P::User>, now_ms: u64) -> Vec<Effect<P::Summary>> {
@@ -1363,6 +1406,11 @@ impl<P: Policy> Engine<P> {
         let Some(existing) = loaded.existing.as_mut() else {
             return;
         };
+        let heads = existing.doc.get_heads();
+        // First the peers that may still read it, each with our durable heads
+        // to announce; then how many share a likely sync state.
+        let mut ready = Vec::with_capacity(owed.len());
+        let mut alike: HashMap<StateFingerprint, usize> = HashMap::new();
         for id in owed {
             let Some(peer) = existing.peers.get_mut(&id) else {
                 continue;
@@ -1378,20 +1426,61 @@ impl<P: Policy> Engine<P> {
                 existing.peers.remove(&id);
                 continue;
             }
-            let heads = existing.doc.get_heads();
             if peer.announced != heads {
                 // Forget what automerge inferred; tell the peer our durable heads.
                 peer.state.last_sent_heads.clear();
             }
-            if let Some(message) = existing.doc.generate_sync_message(&mut peer.state) {
-                peer.announced = heads;
+            *alike.entry(StateFingerprint::of(&peer.state)).or_default() += 1;
+            ready.push(id);
+        }
+        let mut generated: Vec<SharedMessage> = Vec::new();
+        for id in ready {
+            let Some(peer) = existing.peers.get_mut(&id) else {
+                continue;
+            };
+            // A message depends only on the document and the sync state:
+            // peers in the same state (readers keeping up) share one. A peer
+            // alone in its state skips the bookkeeping.
+            let shares = alike
+                .get(&StateFingerprint::of(&peer.state))
+                .is_some_and(|count| *count > 1);
+            let data = match generated
+                .iter()
+                .find(|shared| shares && shared.before == peer.state)
+            {
+                Some(shared) => {
+                    peer.state = shared.after.clone();
+                    shared.data.clone()
+                }
+                None => {
+                    let before = shares.then(|| peer.state.clone());
+                    let data = existing
+                        .doc
+                        .generate_sync_message(&mut peer.state)
+                        .map(|message| message.encode());
+                    self.sync_messages_generated += u64::from(data.is_some());
+                    if let Some(before) = before {
+                        if generated.len() == SHARED_SYNC_STATES {
+                            generated.remove(0);
+                        }
+                        generated.push(SharedMessage {
+                            before,
+                            after: peer.state.clone(),
+                            data: data.clone(),
+                        });
+                    }
+                    data
+                }
+            };
+            if let Some(data) = data {
+                peer.announced = heads.clone();
                 effects.push(Effect::Send {
                     connection: id,
                     message: Message::Sync(DocMessage {
                         sender_id: self.config.server_peer_id.clone(),
                         target_id: peer.connection.peer_id.clone(),
                         document_id,
-                        data: message.encode(),
+                        data,
                     }),
                 });
             }

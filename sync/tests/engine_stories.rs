@@ -472,6 +472,31 @@ fn a_change_reaches_every_other_peer_with_the_document_open() {
 }
 
 #[test]
+fn readers_in_the_same_sync_state_share_one_generated_message_and_all_get_the_change() {
+    let mut world = World::new();
+    let writer = world.connect("ada", None);
+    world.edit(writer, doc_id(1), "n", 1);
+    world.make_public(writer, doc_id(1));
+    world.sync(writer, doc_id(1));
+    let readers: Vec<usize> = (0..6).map(|_| world.connect("bob", None)).collect();
+    for &reader in &readers {
+        world.sync(reader, doc_id(1));
+    }
+    let generated = world.engine.sync_messages_generated();
+    world.edit(writer, doc_id(1), "n", 2);
+    world.sync(writer, doc_id(1));
+    for &reader in &readers {
+        assert_eq!(world.value(reader, doc_id(1), "n"), Some(2));
+    }
+    let per_round = world.engine.sync_messages_generated() - generated;
+    assert!(
+        per_round < readers.len() as u64,
+        "{per_round} messages generated for {} readers in one state",
+        readers.len()
+    );
+}
+
+#[test]
 fn nothing_is_acknowledged_or_relayed_before_the_write_is_durable() {
     let mut world = World::new();
     let phone = world.connect("ada", None);
