@@ -1606,6 +1606,7 @@ impl<P: Policy> Engine<P> {
         let Some(state) = self.connections.remove(&connection) else {
             return;
         };
+        let mut never_created = Vec::new();
         for document_id in state.documents {
             if let Some(waiters) = self.waiters.get_mut(&document_id) {
                 waiters.remove(&connection);
@@ -1619,6 +1620,7 @@ impl<P: Policy> Engine<P> {
             loaded.waiting.remove(&connection);
             loaded.owed.remove(&connection);
             let Some(existing) = loaded.existing.as_mut() else {
+                never_created.push(document_id);
                 continue;
             };
             if let Some(held) = existing.held.remove(&connection) {
@@ -1663,6 +1665,22 @@ impl<P: Policy> Engine<P> {
                     write: None,
                     writes,
                 });
+            }
+        }
+        // A slot for a document nobody created, that no one else waits for,
+        // goes with the connection that asked, not after the idle time: a
+        // client asking for random ids must not pile them up by reconnecting.
+        for document_id in never_created {
+            let forget = self.documents.get(&document_id).is_some_and(|entry| {
+                entry.queue.is_empty()
+                    && matches!(&entry.slot, Slot::Loaded(loaded)
+                        if loaded.existing.is_none()
+                            && loaded.waiting.is_empty()
+                            && loaded.write_in_flight.is_none()
+                            && loaded.unacknowledged.is_empty())
+            });
+            if forget && !self.waiters.contains_key(&document_id) {
+                self.documents.remove(&document_id);
             }
         }
     }

@@ -427,6 +427,22 @@ fn a_request_for_an_unknown_document_gets_doc_unavailable_alone() {
 }
 
 #[test]
+fn requests_for_documents_nobody_created_leave_nothing_in_memory_once_their_connection_closes() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "n", 1);
+    world.sync(ada, doc_id(1));
+    let resident = world.engine.resident_documents();
+    let mallory = world.connect("mallory", None);
+    for n in 100..=140 {
+        world.sync(mallory, doc_id(n));
+    }
+    assert!(world.engine.resident_documents() > resident);
+    world.disconnect(mallory);
+    assert_eq!(world.engine.resident_documents(), resident);
+}
+
+#[test]
 fn a_document_another_user_may_not_read_looks_exactly_like_a_missing_one() {
     let mut world = World::new();
     let ada = world.connect("ada", None);
