@@ -892,12 +892,7 @@ impl<P: Policy> Engine<P> {
         };
 
         if let Some(existing) = &mut loaded.existing {
-            let view = DocumentView {
-                id: &document_id,
-                doc: &existing.doc,
-                creator: &existing.creator,
-                previous: None,
-            };
+            let view = existing.view(&document_id);
             if !self.policy.may_read(&connection.user, view) {
                 existing.peers.remove(&connection.id);
                 if is_request || sync_message.heads.is_empty() {
@@ -1044,12 +1039,7 @@ impl<P: Policy> Engine<P> {
             }
             Applied::Done(applied) => {
                 let changes = applied.unwrap_or_else(|| existing.doc.get_changes(&before));
-                let view = DocumentView {
-                    id: &document_id,
-                    doc: &existing.doc,
-                    creator: &existing.creator,
-                    previous: existing.undo.as_ref(),
-                };
+                let view = existing.view_while_judging(&document_id);
                 judge(
                     &self.policy,
                     &connection.user,
@@ -1198,12 +1188,7 @@ impl<P: Policy> Engine<P> {
             Ok(None) => (Ok(()), existing.doc.get_changes(&before)),
             Err(refusal) => (Err(refusal), Vec::new()),
         };
-        let view = DocumentView {
-            id: &document_id,
-            doc: &existing.doc,
-            creator: &existing.creator,
-            previous: existing.undo.as_ref(),
-        };
+        let view = existing.view_while_judging(&document_id);
         let verdict = verdict.and_then(|()| {
             judge(
                 &self.policy,
@@ -1323,12 +1308,7 @@ impl<P: Policy> Engine<P> {
         else {
             return;
         };
-        let view = DocumentView {
-            id: &document_id,
-            doc: &existing.doc,
-            creator: &existing.creator,
-            previous: None,
-        };
+        let view = existing.view(&document_id);
         if let Some(summary) = self.policy.summarize(view) {
             effects.push(Effect::Summary {
                 document_id,
@@ -2044,6 +2024,25 @@ fn admit_ephemeral(
 pub const SERVER_USER: &str = "server";
 
 impl<U> Existing<U> {
+    /// The document as the policy sees it.
+    fn view<'a>(&'a self, id: &'a DocumentId) -> DocumentView<'a> {
+        DocumentView {
+            id,
+            doc: &self.doc,
+            creator: &self.creator,
+            previous: None,
+        }
+    }
+
+    /// The same while a message's changes are judged: with the copy of the
+    /// document from before them.
+    fn view_while_judging<'a>(&'a self, id: &'a DocumentId) -> DocumentView<'a> {
+        DocumentView {
+            previous: self.undo.as_ref(),
+            ..self.view(id)
+        }
+    }
+
     fn new(creator: String, server_actor: &ActorId) -> Self {
         let mut doc = Automerge::new();
         doc.set_actor(server_actor.clone());

@@ -29,6 +29,19 @@ async function signUp(server, name) {
   return registerUser(server.httpUrl, { email, password: PASSWORD, display_name: name })
 }
 
+function publishPost(repo, account, title, body) {
+  return repo.create({
+    type: "post",
+    schema: 1,
+    author: account.user.id,
+    created_at: Date.now(),
+    status: "published",
+    title,
+    body,
+    replies: [],
+  })
+}
+
 describe("ephemeral messages with the stock client", () => {
   let server
   const repos = []
@@ -48,16 +61,7 @@ describe("ephemeral messages with the stock client", () => {
     const adaRepo = makeClient(server.syncUrl(ada.access_token))
     repos.push(adaRepo)
     await waitForPeer(adaRepo)
-    const post = adaRepo.create({
-      type: "post",
-      schema: 1,
-      author: ada.user.id,
-      created_at: Date.now(),
-      status: "published",
-      title: "Who is coming?",
-      body: "Saturday at ten",
-      replies: [],
-    })
+    const post = publishPost(adaRepo, ada, "Who is coming?", "Saturday at ten")
     assert.ok(await waitUntilServerAcked(adaRepo, post))
 
     const readers = []
@@ -113,16 +117,7 @@ describe("ephemeral limits set on the command line", () => {
     const adaRepo = makeClient(server.syncUrl(ada.access_token))
     repos.push(adaRepo)
     await waitForPeer(adaRepo)
-    const post = adaRepo.create({
-      type: "post",
-      schema: 1,
-      author: ada.user.id,
-      created_at: Date.now(),
-      status: "published",
-      title: "Limits",
-      body: "set by the operator",
-      replies: [],
-    })
+    const post = publishPost(adaRepo, ada, "Limits", "set by the operator")
     assert.ok(await waitUntilServerAcked(adaRepo, post))
     const bob = await signUp(server, "bob")
     const bobRepo = makeClient(server.syncUrl(bob.access_token))
