@@ -436,7 +436,7 @@ struct SharedMessage {
 
 /// What most often tells two sync states apart, cheap to compare: only
 /// peers that agree on it are compared in full.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct StateFingerprint {
     shared_heads: Vec<ChangeHash>,
     last_sent_heads: Vec<ChangeHash>,
@@ -1410,20 +1410,19 @@ impl<P: Policy> Engine<P> {
                 // Forget what automerge inferred; tell the peer our durable heads.
                 peer.state.last_sent_heads.clear();
             }
-            *alike.entry(StateFingerprint::of(&peer.state)).or_default() += 1;
-            ready.push(id);
+            let fingerprint = StateFingerprint::of(&peer.state);
+            *alike.entry(fingerprint.clone()).or_default() += 1;
+            ready.push((id, fingerprint));
         }
         let mut generated: Vec<SharedMessage> = Vec::new();
-        for id in ready {
+        for (id, fingerprint) in ready {
             let Some(peer) = existing.peers.get_mut(&id) else {
                 continue;
             };
             // A message depends only on the document and the sync state:
             // peers in the same state (readers keeping up) share one. A peer
             // alone in its state skips the bookkeeping.
-            let shares = alike
-                .get(&StateFingerprint::of(&peer.state))
-                .is_some_and(|count| *count > 1);
+            let shares = alike.get(&fingerprint).is_some_and(|count| *count > 1);
             let data = match generated
                 .iter()
                 .find(|shared| shares && shared.before == peer.state)
