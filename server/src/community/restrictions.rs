@@ -19,6 +19,11 @@ use super::schema::{DocFacts, PostStatus};
 /// usually stays offline, short enough that a lock means something.
 pub const STALE_GRACE_MILLIS: u64 = 72 * 60 * 60 * 1000;
 
+/// Records kept in memory before the old ones are dropped, and how recent a
+/// record must be to stay: only until its write is surely applied.
+const RECENT_RECORDS: usize = 1_024;
+const RECENT_MILLIS: u64 = 60_000;
+
 /// Milliseconds since the Unix epoch.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
@@ -69,7 +74,13 @@ impl Restrictions {
     /// stores it (it goes with the changes that restricted the document).
     pub fn record(&self, document: &str) -> StorageWrite {
         let now = (self.clock)();
-        self.lock().insert(document.to_string(), now);
+        let mut recorded = self.lock();
+        if recorded.len() >= RECENT_RECORDS {
+            // Older records are in the store by now (their write went with
+            // the changes that made them, long since applied).
+            recorded.retain(|_, at| now.saturating_sub(*at) < RECENT_MILLIS);
+        }
+        recorded.insert(document.to_string(), now);
         StorageWrite::Put {
             key: key(document),
             value: now.to_be_bytes().to_vec(),
@@ -122,6 +133,25 @@ mod tests {
         now.store(1_501, Ordering::SeqCst);
         assert!(restrictions.grace_over("doc").unwrap());
         assert!(restrictions.grace_over("never-restricted").unwrap());
+    }
+
+    #[test]
+    fn restrictions_remembered_in_memory_are_bounded_and_still_read_from_the_store() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let now = Arc::new(AtomicU64::new(0));
+        let clock_now = now.clone();
+        let restrictions = Restrictions::new(
+            store.clone(),
+            Arc::new(move || clock_now.load(Ordering::SeqCst)),
+            1_000_000,
+        );
+        for n in 0..3 * RECENT_RECORDS {
+            let write = restrictions.record(&format!("doc-{n}"));
+            store.apply(crate::store::Batch::of(vec![write])).unwrap();
+            now.fetch_add(100, Ordering::SeqCst);
+        }
+        assert!(restrictions.lock().len() <= RECENT_RECORDS + 1);
+        assert!(!restrictions.grace_over("doc-0").unwrap());
     }
 
     #[test]
