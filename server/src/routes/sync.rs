@@ -197,6 +197,12 @@ impl ConnectionTask {
             tokio::select! {
                 frame = stream.recv() => {
                     last_heard = Instant::now();
+                    // A close decided meanwhile (a logout, a role change)
+                    // wins: nothing the client sends after it is taken in,
+                    // a `join` with the old rights least of all.
+                    if !inbox.close.is_empty() {
+                        continue;
+                    }
                     let next = match frame {
                         None => Next::End(None),
                         Some(Err(actix_ws::ProtocolError::Io(error))) => {
