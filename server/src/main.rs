@@ -12,6 +12,13 @@ use backchannel::auth::{Auth, NewAccount, Role, TokenKeys, TrustedProxies};
 use backchannel::config::{Limits, PushSettings, Settings, default_public_url};
 use backchannel::data_dir::DataDir;
 
+/// jemalloc rather than glibc malloc: glibc keeps the memory of freed
+/// multi-MiB buffers (a large sync message's copies) in its arenas, so RSS
+/// only ever grew; jemalloc returns it within a second (settings in
+/// `.cargo/config.toml`). Figures in docs/PERFORMANCE.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "backchannel",
