@@ -1,6 +1,5 @@
 #!/usr/bin/env node
-// Load-and-abuse benchmark (issue 10): while N honest stock automerge-repo
-// clients sync, one attacker runs each abuse in turn; for each phase it
+// Load-and-abuse benchmark (issue 10): while N honest clients sync, one attacker runs each abuse in turn; for each phase it
 // reports the honest clients' latency and the server's RSS, side by side
 // with the quiet phase.
 //
@@ -8,7 +7,9 @@
 //        [--repeat 3] [--abuses ephemeral-flood,big-messages,...]
 //        [--binary PATH] [--server-env K=V,...] [--out file.json]
 //
-// The honest clients run in --workers child processes (bench/abuse/honest.mjs),
+// The honest clients run in --workers child processes: light Rust clients
+// (`sync_load honest-worker`, the default) or stock automerge-repo ones
+// (bench/abuse/honest.mjs, with --honest-clients stock);
 // the observer and the attacker each in their own (bench/abuse/observer.mjs,
 // bench/abuse/attacker.mjs); this process starts the server, sets up the
 // accounts and posts, samples the server's RSS and CPU and runs the phases.
@@ -39,7 +40,7 @@ import {
   waitForPeer,
   waitUntilServerAcked,
 } from "../lib/servers.mjs"
-import { forkRole, mapLimit, median, monoNow, quantile, range } from "./helpers.mjs"
+import { forkRole, spawnRole, mapLimit, median, monoNow, quantile, range } from "./helpers.mjs"
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
 const ALL_ABUSES = [
@@ -61,6 +62,8 @@ const { values: argv } = parseArgs({
     settle: { type: "string", default: "2" },
     warmup: { type: "string", default: "5" },
     "honest-nice": { type: "string", default: "0" },
+    "honest-clients": { type: "string", default: "rust" },
+    "load-binary": { type: "string" },
     abuses: { type: "string", default: ALL_ABUSES.join(",") },
     "per-user": { type: "string", default: "5" },
     "per-post": { type: "string", default: "10" },
@@ -73,7 +76,7 @@ const { values: argv } = parseArgs({
 
 if (argv.help) {
   console.log(`usage: node bench/abuse-bench.mjs [options]
-  --honest N      honest stock clients (default 200)
+  --honest N      honest clients (default 200)
   --seconds S     length of each phase (default 10)
   --workers W     child processes the honest clients are shared among (default 4)
   --repeat R      run the whole phase sequence R times, each against a fresh
@@ -81,6 +84,13 @@ if (argv.help) {
   --settle S      seconds to go on sampling RSS after each phase's last replies (default 2)
   --warmup S      seconds of honest load, not measured, before the quiet phase (default 5)
   --honest-nice N nice value for the honest worker processes (default 0: as the rest)
+  --honest-clients rust|stock
+                  rust (default): light Rust clients (\`sync_load honest-worker\`),
+                  so the clients leave the machine's CPU to the server; stock:
+                  @automerge/automerge-repo clients (bench/abuse/honest.mjs)
+  --load-binary P the sync_load binary for rust clients (default $SYNC_LOAD_BIN or
+                  target/release/sync_load; build it with
+                  \`cargo build --release -p backchannel-tests --bin sync_load\`)
   --abuses LIST   comma-separated, from ${ALL_ABUSES.join(",")} (default all)
   --per-user K    honest clients sharing one user (default 5; the server allows 32 sockets per user)
   --per-post P    honest clients writing to one post (default 10)
@@ -100,6 +110,8 @@ const opts = {
   settle: Number(argv.settle),
   warmup: Number(argv.warmup),
   honestNice: Number(argv["honest-nice"]),
+  honestClients: argv["honest-clients"],
+  loadBinary: path.resolve(argv["load-binary"] ?? process.env.SYNC_LOAD_BIN ?? path.join(REPO_ROOT, "target/release/sync_load")),
   perUser: Number(argv["per-user"]),
   perPost: Number(argv["per-post"]),
   abuses: argv.abuses.split(",").map(s => s.trim()).filter(Boolean),
@@ -129,6 +141,14 @@ for (const k of ["settle", "warmup"]) {
   }
 }
 opts.workers = Math.min(opts.workers, opts.honest)
+if (!["rust", "stock"].includes(opts.honestClients)) {
+  console.error("--honest-clients must be rust or stock")
+  process.exit(2)
+}
+if (opts.honestClients === "rust" && !fs.existsSync(opts.loadBinary)) {
+  console.error(`${opts.loadBinary} not found: build it with \`cargo build --release -p backchannel-tests --bin sync_load\` (or give --honest-clients stock)`)
+  process.exit(2)
+}
 
 /** "K=V,K2=V2" (or "default") as an env object. */
 function parseEnv(spec) {
@@ -219,6 +239,14 @@ async function setup(server) {
     })
     return role
   }
+  const spawnHonest = async name => {
+    const role = await spawnRole(opts.loadBinary, ["honest-worker"], { name })
+    children.push(role)
+    role.exited.then(({ code, signal }) => {
+      if (!role.stopping) log(`${name} exited unexpectedly (code ${code}, signal ${signal})`)
+    })
+    return role
+  }
 
   // Honest clients: client i is user floor(i / perUser), writes to post i % posts,
   // and also has the common post (0) open. Worker w runs clients i with i % W == w.
@@ -226,7 +254,9 @@ async function setup(server) {
     const account = accounts[Math.floor(i / opts.perUser)]
     return { i, url: server.syncUrl(account.access_token), userId: account.user.id, postUrl: postHandles[i % posts].url, commonUrl: postHandles[0].url }
   })
-  const workers = await Promise.all(range(opts.workers).map(w => fork("honest.mjs", `honest worker ${w}`)))
+  const workers = await Promise.all(
+    range(opts.workers).map(w => (opts.honestClients === "rust" ? spawnHonest(`honest worker ${w}`) : fork("honest.mjs", `honest worker ${w}`))),
+  )
   if (opts.honestNice) for (const w of workers) os.setPriority(w.pid, opts.honestNice)
   const counts = await Promise.all(workers.map((w, k) => w.request("connect", { specs: specs.filter(s => s.i % opts.workers === k) })))
   log(`${counts.reduce((a, b) => a + b, 0)} honest clients connected in ${workers.length} processes, each with its post and the common post`)
@@ -517,7 +547,7 @@ const results = {
   variants: [],
 }
 log(
-  `${opts.honest} honest clients in ${opts.workers} processes, ${opts.seconds} s per phase, ${opts.repeat} run(s), abuses ${opts.abuses.join(", ")}; binary ${opts.binary}; server env ${variants.map(v => v.name).join(" | ")}`,
+  `${opts.honest} honest ${opts.honestClients} clients in ${opts.workers} processes, ${opts.seconds} s per phase, ${opts.repeat} run(s), abuses ${opts.abuses.join(", ")}; binary ${opts.binary}; server env ${variants.map(v => v.name).join(" | ")}`,
 )
 let failed = false
 for (let k = 0; k < opts.repeat; k++) {
@@ -536,7 +566,7 @@ for (const variant of variants) {
   }
   const med = opts.repeat > 1 ? medianPhases(runs) : runs[0].phases
   results.variants.push({ server_env: variant.name, phases: med })
-  console.log(`\n${opts.repeat > 1 ? `median of ${runs.length} runs` : "one run"}${title}, ${opts.honest} honest clients, ${opts.seconds} s phases:\n\n${table(med, { ofRuns: opts.repeat })}`)
+  console.log(`\n${opts.repeat > 1 ? `median of ${runs.length} runs` : "one run"}${title}, ${opts.honest} honest ${opts.honestClients} clients, ${opts.seconds} s phases:\n\n${table(med, { ofRuns: opts.repeat })}`)
 }
 // `phases`, as before: the (median) figures of the first variant.
 results.phases = results.variants[0]?.phases ?? []

@@ -60,6 +60,34 @@ export async function forkRole(script, { name = script, onEvent, env } = {}) {
     execArgv: [...process.execArgv, ...(process.env.BENCH_CHILD_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [])],
     env: { ...process.env, ...env },
   })
+  const role = asRole(child, name, m => child.connected && (child.send(m), true), onEvent)
+  child.on("message", role.onMessage)
+  return role.api
+}
+
+/**
+ * Like forkRole, for a child that is not Node (the Rust honest worker,
+ * `sync_load honest-worker`): requests go as JSON lines on its stdin, with
+ * the parent's monotonic `now` (ms) so the child can read the parent's
+ * clock; answers come back as JSON lines on its stdout.
+ */
+export async function spawnRole(command, args, { name = command, onEvent, env } = {}) {
+  const { spawn } = await import("node:child_process")
+  const { createInterface } = await import("node:readline")
+  const child = spawn(command, args, { stdio: ["pipe", "pipe", 2], env: { ...process.env, ...env } })
+  const role = asRole(child, name, m => child.stdin.writable && (child.stdin.write(`${JSON.stringify({ ...m, now: monoNow() })}\n`), true), onEvent)
+  createInterface({ input: child.stdout }).on("line", line => {
+    try {
+      role.onMessage(JSON.parse(line))
+    } catch {
+      process.stderr.write(`${name}: ${line}\n`)
+    }
+  })
+  return role.api
+}
+
+/** request/answer bookkeeping shared by forkRole and spawnRole. */
+function asRole(child, name, send, onEvent) {
   let next = 0
   const pending = new Map()
   const exited = new Promise(resolve =>
@@ -69,7 +97,7 @@ export async function forkRole(script, { name = script, onEvent, env } = {}) {
       resolve({ code, signal })
     }),
   )
-  child.on("message", m => {
+  const onMessage = m => {
     if (m && m.reply !== undefined) {
       const p = pending.get(m.reply)
       if (!p) return
@@ -79,7 +107,7 @@ export async function forkRole(script, { name = script, onEvent, env } = {}) {
     } else if (m && m.event) {
       onEvent?.(m.event, m.value)
     }
-  })
+  }
   const killOnExit = () => {
     try {
       child.kill("SIGKILL")
@@ -89,7 +117,7 @@ export async function forkRole(script, { name = script, onEvent, env } = {}) {
   }
   process.once("exit", killOnExit)
   exited.then(() => process.removeListener("exit", killOnExit))
-  return {
+  const api = {
     name,
     pid: child.pid,
     child,
@@ -97,13 +125,16 @@ export async function forkRole(script, { name = script, onEvent, env } = {}) {
     request(type, value) {
       const id = next++
       return new Promise((resolve, reject) => {
-        if (!child.connected) return reject(new Error(`${name} is gone (asked for ${type})`))
         pending.set(id, { resolve, reject, type })
-        child.send({ id, type, value })
+        if (!send({ id, type, value })) {
+          pending.delete(id)
+          reject(new Error(`${name} is gone (asked for ${type})`))
+        }
       })
     },
     kill: killOnExit,
   }
+  return { api, onMessage }
 }
 
 /**

@@ -2790,7 +2790,22 @@ fn ratio_rows(ratios: &Json) -> Vec<(String, String)> {
 // ---------------------------------------------------------------------------
 // main
 
+#[path = "sync_load/honest_worker.rs"]
+mod honest_worker;
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("honest-worker") {
+        let outcome = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")
+            .and_then(|runtime| runtime.block_on(honest_worker::run()));
+        if let Err(error) = outcome {
+            eprintln!("sync_load honest-worker: {error:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let args = Args::parse();
     clock();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
