@@ -63,6 +63,7 @@ const { values: argv } = parseArgs({
     warmup: { type: "string", default: "5" },
     "honest-nice": { type: "string", default: "0" },
     "honest-clients": { type: "string", default: "rust" },
+    "quiet-before": { type: "string", default: "each" },
     "load-binary": { type: "string" },
     abuses: { type: "string", default: ALL_ABUSES.join(",") },
     "per-user": { type: "string", default: "5" },
@@ -88,6 +89,9 @@ if (argv.help) {
                   rust (default): light Rust clients (\`sync_load honest-worker\`),
                   so the clients leave the machine's CPU to the server; stock:
                   @automerge/automerge-repo clients (bench/abuse/honest.mjs)
+  --quiet-before each|first
+                  each (default): a quiet phase just before every abuse, which
+                  the abuse's latency is compared with; first: one at the start
   --load-binary P the sync_load binary for rust clients (default $SYNC_LOAD_BIN or
                   target/release/sync_load; build it with
                   \`cargo build --release -p backchannel-tests --bin sync_load\`)
@@ -111,6 +115,7 @@ const opts = {
   warmup: Number(argv.warmup),
   honestNice: Number(argv["honest-nice"]),
   honestClients: argv["honest-clients"],
+  quietBefore: argv["quiet-before"],
   loadBinary: path.resolve(argv["load-binary"] ?? process.env.SYNC_LOAD_BIN ?? path.join(REPO_ROOT, "target/release/sync_load")),
   perUser: Number(argv["per-user"]),
   perPost: Number(argv["per-post"]),
@@ -141,6 +146,10 @@ for (const k of ["settle", "warmup"]) {
   }
 }
 opts.workers = Math.min(opts.workers, opts.honest)
+if (!["each", "first"].includes(opts.quietBefore)) {
+  console.error("--quiet-before must be each or first")
+  process.exit(2)
+}
 if (!["rust", "stock"].includes(opts.honestClients)) {
   console.error("--honest-clients must be rust or stock")
   process.exit(2)
@@ -317,13 +326,13 @@ async function phase(ctx, name) {
   const wall0 = monoNow()
   await Promise.all(ctx.children.map(c => c.request("loopDelay", { reset: true })))
   log(`phase ${name}: start (server RSS ${mib(rss.start)} MiB)`)
-  if (name !== "quiet") await attacker.request("start", { name })
+  if (!isQuiet(name)) await attacker.request("start", { name })
 
   const endAt = monoNow() + opts.seconds * 1000
   const honest = await Promise.all(workers.map(w => w.request("phase", { endAt })))
   const workerDelay = await Promise.all(workers.map(w => w.request("loopDelay")))
   const attackerDelay = await attacker.request("loopDelay")
-  const stats = name === "quiet" ? { sent: 0, closed: 0, refused: 0 } : await attacker.request("stop")
+  const stats = isQuiet(name) ? { sent: 0, closed: 0, refused: 0 } : await attacker.request("stop")
 
   // Let the last replies arrive (up to 10 s), then count the lost ones.
   const sent = honest.flatMap(h => h.sent)
@@ -415,12 +424,26 @@ async function warmup(ctx) {
   await sleep(1000)
 }
 
-/** Adds the ratio to quiet and the goal verdicts to a run's phases. */
+const isQuiet = name => name.startsWith("quiet")
+
+/**
+ * The phases of one run: with --quiet-before each, a quiet phase just before
+ * every abuse (the posts grow during a run, and with them the cost of a
+ * reply, so each abuse is compared with the quiet load of the same moment);
+ * with first, one quiet phase at the start.
+ */
+function phaseNames() {
+  if (opts.quietBefore === "first") return ["quiet", ...opts.abuses]
+  return opts.abuses.flatMap(a => [`quiet before ${a}`, a])
+}
+
+/** Adds the ratio to the quiet phase before it and the goal verdicts to a run's phases. */
 function judge(phases) {
-  const quiet = phases.find(p => p.phase === "quiet")
+  let quiet
   for (const p of phases) {
+    if (isQuiet(p.phase)) quiet = p
     p.p99_ratio = quiet?.p99_ms ? round(p.p99_ms / quiet.p99_ms, 2) : null
-    p.goal_latency_met = p.phase === "quiet" || (p.p99_ratio !== null && p.p99_ratio <= 2)
+    p.goal_latency_met = isQuiet(p.phase) || (p.p99_ratio !== null && p.p99_ratio <= 2)
     p.goal_rss_met = p.rss_growth_bytes < 100 * MiB
   }
   return phases
@@ -435,7 +458,7 @@ async function runOnce(variant, k) {
   try {
     ctx = await setup(server)
     await warmup(ctx)
-    for (const name of ["quiet", ...opts.abuses]) out.phases.push(await phase(ctx, name))
+    for (const name of phaseNames()) out.phases.push(await phase(ctx, name))
   } catch (err) {
     out.error = String(err.stack ?? err)
     out.server_stderr_tail = server.stderrText().slice(-4000)
@@ -485,7 +508,7 @@ function medianPhases(runs) {
     for (const f of MEDIAN_FIELDS) m[f] = median(ps.map(p => p[f]))
     m.p99_ratio = round(m.p99_ratio, 2)
     m.loop_delay_p99_ms = { honest_max: median(ps.map(p => p.loop_delay_p99_ms.honest_max)), attacker: median(ps.map(p => p.loop_delay_p99_ms.attacker)) }
-    m.goal_latency_met = name === "quiet" || m.p99_ratio <= 2
+    m.goal_latency_met = isQuiet(name) || m.p99_ratio <= 2
     m.goal_rss_met = m.rss_growth_bytes < 100 * MiB
     m.latency_met_runs = ps.filter(p => p.goal_latency_met).length
     m.rss_met_runs = ps.filter(p => p.goal_rss_met).length
@@ -516,7 +539,7 @@ function table(phases, { ofRuns } = {}) {
       p.honest_disconnects,
       `${round(p.server_cpu_s, 2)}/${round(p.client_cpu_s, 2)}`,
       p.busiest_bench_cpu_pct,
-      p.phase === "quiet" ? "-" : verdict(p.goal_latency_met, p.latency_met_runs),
+      isQuiet(p.phase) ? "-" : verdict(p.goal_latency_met, p.latency_met_runs),
       verdict(p.goal_rss_met, p.rss_met_runs),
     ].map(v => (v === null || v === undefined || Number.isNaN(v) ? "-" : String(v))),
   )
