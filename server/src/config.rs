@@ -123,6 +123,19 @@ pub struct Limits {
     /// Ephemeral bytes one user may send per second, sustained (bursts of
     /// twice as much): every relayed byte goes to every reader.
     pub ephemeral_bytes_per_second: usize,
+    /// Ephemeral messages one connection may send per second, sustained
+    /// (bursts of three times as many); beyond them it is closed.
+    pub ephemerals_per_second: u32,
+    /// Bytes of one connection's messages waiting in document queues (while
+    /// a write is in flight or a document loads); beyond them it is closed.
+    pub sync_queued_bytes: usize,
+    /// Bytes of changes waiting for their dependencies, from one connection
+    /// and in one document from every connection; beyond them the sender is
+    /// closed and what it held dropped.
+    pub sync_held_bytes_per_connection: usize,
+    pub sync_held_bytes_per_document: usize,
+    /// Device sync states kept per document; the oldest is dropped first.
+    pub sync_states_per_document: usize,
 }
 
 impl Default for Limits {
@@ -151,6 +164,11 @@ impl Default for Limits {
             sync_documents_per_connection: ENGINE_DEFAULTS.max_documents_per_connection,
             ephemeral_bytes: ENGINE_DEFAULTS.ephemeral_max_bytes,
             ephemeral_bytes_per_second: ENGINE_DEFAULTS.ephemeral_bytes_per_second,
+            ephemerals_per_second: ENGINE_DEFAULTS.ephemeral_per_second,
+            sync_queued_bytes: ENGINE_DEFAULTS.max_queued_bytes_per_connection,
+            sync_held_bytes_per_connection: ENGINE_DEFAULTS.max_held_bytes_per_connection,
+            sync_held_bytes_per_document: ENGINE_DEFAULTS.max_held_bytes_per_document,
+            sync_states_per_document: ENGINE_DEFAULTS.max_sync_states_per_document,
         }
     }
 }
@@ -169,6 +187,12 @@ impl Limits {
         config.ephemeral_max_bytes = self.ephemeral_bytes;
         config.ephemeral_bytes_per_second = self.ephemeral_bytes_per_second;
         config.ephemeral_bytes_burst = self.ephemeral_bytes_per_second.saturating_mul(2);
+        config.ephemeral_per_second = self.ephemerals_per_second;
+        config.ephemeral_burst = self.ephemerals_per_second.saturating_mul(3);
+        config.max_queued_bytes_per_connection = self.sync_queued_bytes;
+        config.max_held_bytes_per_connection = self.sync_held_bytes_per_connection;
+        config.max_held_bytes_per_document = self.sync_held_bytes_per_document;
+        config.max_sync_states_per_document = self.sync_states_per_document;
         config
     }
 }
@@ -190,4 +214,43 @@ impl Settings {
 /// SPEC §1: the public URL defaults to `http://<bind>`.
 pub fn default_public_url(bind: SocketAddr) -> String {
     format!("http://{bind}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_engine_limit_an_operator_sets_reaches_the_engine() {
+        let limits = Limits {
+            sync_documents_per_connection: 11,
+            ephemeral_bytes: 12,
+            ephemeral_bytes_per_second: 13,
+            ephemerals_per_second: 14,
+            sync_queued_bytes: 15,
+            sync_held_bytes_per_connection: 16,
+            sync_held_bytes_per_document: 17,
+            sync_states_per_document: 18,
+            ..Limits::default()
+        };
+        let config = limits.engine_config(PeerId::new("server"), ActorId::from([1_u8; 16]));
+        assert_eq!(config.max_documents_per_connection, 11);
+        assert_eq!(config.ephemeral_max_bytes, 12);
+        assert_eq!((config.ephemeral_bytes_per_second, config.ephemeral_bytes_burst), (13, 26));
+        assert_eq!((config.ephemeral_per_second, config.ephemeral_burst), (14, 42));
+        assert_eq!(config.max_queued_bytes_per_connection, 15);
+        assert_eq!(config.max_held_bytes_per_connection, 16);
+        assert_eq!(config.max_held_bytes_per_document, 17);
+        assert_eq!(config.max_sync_states_per_document, 18);
+    }
+
+    #[test]
+    fn the_default_limits_are_the_engines_own() {
+        let ours = Limits::default().engine_config(PeerId::new("server"), ActorId::from([1_u8; 16]));
+        let engine = EngineConfig::new(PeerId::new("server"), ActorId::from([1_u8; 16]));
+        assert_eq!(ours.ephemeral_burst, engine.ephemeral_burst);
+        assert_eq!(ours.ephemeral_bytes_burst, engine.ephemeral_bytes_burst);
+        assert_eq!(ours.max_queued_bytes_per_connection, engine.max_queued_bytes_per_connection);
+        assert_eq!(ours.max_sync_states_per_document, engine.max_sync_states_per_document);
+    }
 }

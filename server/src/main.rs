@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the PWA at /, the JSON API under /api and sync at /sync.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage accounts directly in the data folder (the server must be stopped).
     User {
         #[command(subcommand)]
@@ -99,6 +99,30 @@ struct ServeArgs {
     /// Ephemeral bytes one user may send per second (bursts of twice as much).
     #[arg(long, env = "BACKCHANNEL_EPHEMERAL_BYTES_PER_SECOND", default_value_t = Limits::default().ephemeral_bytes_per_second)]
     ephemeral_bytes_per_second: usize,
+    /// Ephemeral messages one sync connection may send per second (bursts of three times as many).
+    #[arg(long, env = "BACKCHANNEL_EPHEMERALS_PER_SECOND", default_value_t = Limits::default().ephemerals_per_second)]
+    ephemerals_per_second: u32,
+    /// Sync messages per second one connection may send, sustained, before it is slowed.
+    #[arg(long, env = "BACKCHANNEL_SYNC_MESSAGES_PER_SECOND", default_value_t = Limits::default().sync_messages_per_second)]
+    sync_messages_per_second: u32,
+    /// Sync messages one connection may send at once (a reconnect resyncs every open document).
+    #[arg(long, env = "BACKCHANNEL_SYNC_BURST", default_value_t = Limits::default().sync_burst)]
+    sync_burst: u32,
+    /// Bytes per second one sync connection may send, sustained, before it is slowed.
+    #[arg(long, env = "BACKCHANNEL_SYNC_BYTES_PER_SECOND", default_value_t = Limits::default().sync_bytes_per_second)]
+    sync_bytes_per_second: usize,
+    /// Bytes of one connection's messages that may wait in document queues before it is closed.
+    #[arg(long, env = "BACKCHANNEL_SYNC_QUEUED_BYTES", default_value_t = Limits::default().sync_queued_bytes)]
+    sync_queued_bytes: usize,
+    /// Bytes of changes from one connection that may wait for their dependencies.
+    #[arg(long, env = "BACKCHANNEL_SYNC_HELD_BYTES_PER_CONNECTION", default_value_t = Limits::default().sync_held_bytes_per_connection)]
+    sync_held_bytes_per_connection: usize,
+    /// Bytes of changes in one document that may wait for their dependencies.
+    #[arg(long, env = "BACKCHANNEL_SYNC_HELD_BYTES_PER_DOCUMENT", default_value_t = Limits::default().sync_held_bytes_per_document)]
+    sync_held_bytes_per_document: usize,
+    /// Device sync states kept per document (the oldest is dropped first).
+    #[arg(long, env = "BACKCHANNEL_SYNC_STATES_PER_DOCUMENT", default_value_t = Limits::default().sync_states_per_document)]
+    sync_states_per_document: usize,
     /// Live /sync connections from one client address (0: no limit).
     #[arg(long, env = "BACKCHANNEL_SYNC_CONNECTIONS_PER_ADDRESS", default_value_t = Limits::default().sync_connections_per_address)]
     sync_connections_per_address: usize,
@@ -138,7 +162,7 @@ fn main() {
     init_logging();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::User {
             command:
                 UserCommand::Add {
@@ -190,6 +214,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             sync_documents_per_connection: args.sync_documents_per_connection,
             ephemeral_bytes: args.ephemeral_bytes,
             ephemeral_bytes_per_second: args.ephemeral_bytes_per_second,
+            ephemerals_per_second: args.ephemerals_per_second,
+            sync_messages_per_second: args.sync_messages_per_second,
+            sync_burst: args.sync_burst,
+            sync_bytes_per_second: args.sync_bytes_per_second,
+            sync_queued_bytes: args.sync_queued_bytes,
+            sync_held_bytes_per_connection: args.sync_held_bytes_per_connection,
+            sync_held_bytes_per_document: args.sync_held_bytes_per_document,
+            sync_states_per_document: args.sync_states_per_document,
             ..Limits::default()
         },
         push: PushSettings {
