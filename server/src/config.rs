@@ -236,8 +236,17 @@ mod tests {
         let config = limits.engine_config(PeerId::new("server"), ActorId::from([1_u8; 16]));
         assert_eq!(config.max_documents_per_connection, 11);
         assert_eq!(config.ephemeral_max_bytes, 12);
-        assert_eq!((config.ephemeral_bytes_per_second, config.ephemeral_bytes_burst), (13, 26));
-        assert_eq!((config.ephemeral_per_second, config.ephemeral_burst), (14, 42));
+        assert_eq!(
+            (
+                config.ephemeral_bytes_per_second,
+                config.ephemeral_bytes_burst
+            ),
+            (13, 26)
+        );
+        assert_eq!(
+            (config.ephemeral_per_second, config.ephemeral_burst),
+            (14, 42)
+        );
         assert_eq!(config.max_queued_bytes_per_connection, 15);
         assert_eq!(config.max_held_bytes_per_connection, 16);
         assert_eq!(config.max_held_bytes_per_document, 17);
@@ -246,11 +255,18 @@ mod tests {
 
     #[test]
     fn the_default_limits_are_the_engines_own() {
-        let ours = Limits::default().engine_config(PeerId::new("server"), ActorId::from([1_u8; 16]));
+        let ours =
+            Limits::default().engine_config(PeerId::new("server"), ActorId::from([1_u8; 16]));
         let engine = EngineConfig::new(PeerId::new("server"), ActorId::from([1_u8; 16]));
         assert_eq!(ours.ephemeral_burst, engine.ephemeral_burst);
         assert_eq!(ours.ephemeral_bytes_burst, engine.ephemeral_bytes_burst);
-        assert_eq!(ours.max_queued_bytes_per_connection, engine.max_queued_bytes_per_connection);
-        assert_eq!(ours.max_sync_states_per_document, engine.max_sync_states_per_document);
+        assert_eq!(
+            ours.max_queued_bytes_per_connection,
+            engine.max_queued_bytes_per_connection
+        );
+        assert_eq!(
+            ours.max_sync_states_per_document,
+            engine.max_sync_states_per_document
+        );
     }
 }

@@ -276,7 +276,9 @@ async fn on_message(conn: &mut Conn, docs: &mut Docs, message: Message) -> Resul
         }
         return Ok(());
     }
-    handle_message(conn, &mut docs.own, message).await.map(|_| ())
+    handle_message(conn, &mut docs.own, message)
+        .await
+        .map(|_| ())
 }
 
 /// Connects and syncs both documents until the own post has its replies list
