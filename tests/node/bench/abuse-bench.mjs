@@ -1,7 +1,8 @@
 #!/usr/bin/env node
-// Load-and-abuse benchmark (issue 10): while N honest clients sync, one attacker runs each abuse in turn; for each phase it
-// reports the honest clients' latency and the server's RSS, side by side
-// with the quiet phase.
+// Load-and-abuse benchmark (issue 10): while N honest clients sync, one
+// attacker runs each abuse in turn; for each phase it reports the honest
+// clients' latency and the server's RSS, side by side with the quiet phase
+// before it.
 //
 //   node bench/abuse-bench.mjs [--honest 200] [--seconds 10] [--workers 4]
 //        [--repeat 3] [--abuses ephemeral-flood,big-messages,...]
@@ -235,27 +236,23 @@ async function setup(server) {
   // Children. Any of them dying ends the run.
   const onArrival = new Map()
   const children = []
-  const fork = async (script, name) => {
-    const role = await forkRole(path.join(HERE, "abuse", script), {
-      name,
-      onEvent: (event, value) => {
-        if (event === "arrivals") for (const [id, t] of value) if (!onArrival.has(id)) onArrival.set(id, t)
-      },
-    })
+  const adopt = role => {
     children.push(role)
     role.exited.then(({ code, signal }) => {
-      if (!role.stopping) log(`${name} exited unexpectedly (code ${code}, signal ${signal})`)
+      if (!role.stopping) log(`${role.name} exited unexpectedly (code ${code}, signal ${signal})`)
     })
     return role
   }
-  const spawnHonest = async name => {
-    const role = await spawnRole(opts.loadBinary, ["honest-worker"], { name })
-    children.push(role)
-    role.exited.then(({ code, signal }) => {
-      if (!role.stopping) log(`${name} exited unexpectedly (code ${code}, signal ${signal})`)
-    })
-    return role
-  }
+  const fork = async (script, name) =>
+    adopt(
+      await forkRole(path.join(HERE, "abuse", script), {
+        name,
+        onEvent: (event, value) => {
+          if (event === "arrivals") for (const [id, t] of value) if (!onArrival.has(id)) onArrival.set(id, t)
+        },
+      }),
+    )
+  const spawnHonest = async name => adopt(await spawnRole(opts.loadBinary, ["honest-worker"], { name }))
 
   // Honest clients: client i is user floor(i / perUser), writes to post i % posts,
   // and also has the common post (0) open. Worker w runs clients i with i % W == w.

@@ -12,7 +12,6 @@ import path from "node:path"
 import {
   makeClient,
   randomId,
-  registerUser,
   shutdownAll,
   startBackchannelServer,
   waitFor,
@@ -20,27 +19,9 @@ import {
   waitUntilServerAcked,
   withTimeout,
 } from "../lib/servers.mjs"
+import { newPost, signUp } from "../lib/people.mjs"
 
 const BINARY = process.env.BACKCHANNEL_BIN
-const PASSWORD = "interop password"
-
-async function signUp(server, name) {
-  const email = `${name}-${randomId(8)}@example.org`.toLowerCase()
-  return registerUser(server.httpUrl, { email, password: PASSWORD, display_name: name })
-}
-
-function publishPost(repo, account, title, body) {
-  return repo.create({
-    type: "post",
-    schema: 1,
-    author: account.user.id,
-    created_at: Date.now(),
-    status: "published",
-    title,
-    body,
-    replies: [],
-  })
-}
 
 describe("ephemeral messages with the stock client", () => {
   let server
@@ -57,16 +38,16 @@ describe("ephemeral messages with the stock client", () => {
   })
 
   test("a broadcast ephemeral reaches every other stock reader and no reader reconnects", async () => {
-    const ada = await signUp(server, "ada")
+    const ada = await signUp(server.httpUrl, "ada")
     const adaRepo = makeClient(server.syncUrl(ada.access_token))
     repos.push(adaRepo)
     await waitForPeer(adaRepo)
-    const post = publishPost(adaRepo, ada, "Who is coming?", "Saturday at ten")
+    const post = newPost(adaRepo, ada, { title: "Who is coming?", body: "Saturday at ten" })
     assert.ok(await waitUntilServerAcked(adaRepo, post))
 
     const readers = []
     for (const name of ["bob", "cy", "dee"]) {
-      const account = await signUp(server, name)
+      const account = await signUp(server.httpUrl, name)
       const repo = makeClient(server.syncUrl(account.access_token))
       repos.push(repo)
       await waitForPeer(repo)
@@ -113,13 +94,13 @@ describe("ephemeral limits set on the command line", () => {
   })
 
   test("an ephemeral over --ephemeral-bytes closes its sender and reaches no one; a small one still does", async () => {
-    const ada = await signUp(server, "ada")
+    const ada = await signUp(server.httpUrl, "ada")
     const adaRepo = makeClient(server.syncUrl(ada.access_token))
     repos.push(adaRepo)
     await waitForPeer(adaRepo)
-    const post = publishPost(adaRepo, ada, "Limits", "set by the operator")
+    const post = newPost(adaRepo, ada, { title: "Limits", body: "set by the operator" })
     assert.ok(await waitUntilServerAcked(adaRepo, post))
-    const bob = await signUp(server, "bob")
+    const bob = await signUp(server.httpUrl, "bob")
     const bobRepo = makeClient(server.syncUrl(bob.access_token))
     repos.push(bobRepo)
     await waitForPeer(bobRepo)
