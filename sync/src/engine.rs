@@ -106,9 +106,21 @@ pub trait Policy {
         creating: bool,
     ) -> Result<Vec<StorageWrite>, Refusal>;
 
+    /// What the policy keeps of a document in memory between its summaries,
+    /// so that a summary follows from the changes since the last one: reading
+    /// a whole document again costs microseconds per field, on every change.
+    type Memo: Default;
+
     /// Describes a document after durable changes, or `None` if nothing is
-    /// derived from it.
-    fn summarize(&self, document: DocumentView<'_>) -> Option<Self::Summary>;
+    /// derived from it. `changes` were accepted since the last summary kept
+    /// in `memo`. A new memo (the document just loaded, or too much changed
+    /// in between) has to read the whole document, which holds `changes`.
+    fn summarize(
+        &self,
+        document: DocumentView<'_>,
+        memo: &mut Self::Memo,
+        changes: &[Change],
+    ) -> Option<Self::Summary>;
 }
 
 /// The body of a [`LocalEdit`]: changes made in one transaction.
@@ -322,7 +334,7 @@ struct Peer<U> {
     announced: Vec<ChangeHash>,
 }
 
-struct Existing<U> {
+struct Existing<U, M> {
     doc: Automerge,
     creator: String,
     /// Meta is written with the first chunk of a document made in memory.
@@ -344,7 +356,15 @@ struct Existing<U> {
     /// a copy costs microseconds, where rebuilding from history (`fork_at`)
     /// costs a second on a post of a few thousand changes.
     undo: Option<Automerge>,
+    /// The policy's memo for summaries, and the changes accepted since it
+    /// last summarized (up to [`UNSUMMARIZED_CHANGES`]).
+    memo: M,
+    unsummarized: Vec<Change>,
 }
+
+/// More changes than this between two summaries start the memo afresh: a
+/// whole reading then costs less than holding on to them.
+const UNSUMMARIZED_CHANGES: usize = 1024;
 
 #[derive(Default)]
 struct Held {
@@ -352,8 +372,8 @@ struct Held {
     bytes: usize,
 }
 
-struct Loaded<U> {
-    existing: Option<Existing<U>>,
+struct Loaded<U, M> {
+    existing: Option<Existing<U, M>>,
     /// Connections that asked for the document before it existed.
     waiting: Waiting<U>,
     write_in_flight: Option<WriteId>,
@@ -378,13 +398,13 @@ enum Queued<U> {
     Describe,
 }
 
-enum Slot<U> {
+enum Slot<U, M> {
     Loading,
-    Loaded(Box<Loaded<U>>),
+    Loaded(Box<Loaded<U, M>>),
 }
 
-struct DocumentSlot<U> {
-    slot: Slot<U>,
+struct DocumentSlot<U, M> {
+    slot: Slot<U, M>,
     queue: VecDeque<Queued<U>>,
     last_active_ms: u64,
 }
@@ -411,7 +431,7 @@ struct ConnectionState {
 pub struct Engine<P: Policy> {
     config: EngineConfig,
     policy: P,
-    documents: HashMap<DocumentId, DocumentSlot<P::User>>,
+    documents: HashMap<DocumentId, DocumentSlot<P::User, P::Memo>>,
     /// Each live connection's documents, budgets and limits.
     connections: HashMap<ConnectionId, ConnectionState>,
     /// Connections waiting for documents nobody has created, kept outside
@@ -753,6 +773,8 @@ impl<P: Policy> Engine<P> {
                         held: HashMap::new(),
                         held_bytes: 0,
                         undo: None,
+                        memo: P::Memo::default(),
+                        unsummarized: Vec::new(),
                     }
                 });
                 if !cleanup.is_empty() {
@@ -1307,12 +1329,29 @@ impl<P: Policy> Engine<P> {
 
     fn describe(&mut self, document_id: DocumentId, effects: &mut Vec<Effect<P::Summary>>) {
         let Some(existing) =
-            loaded_mut(&mut self.documents, &document_id).and_then(|l| l.existing.as_ref())
+            loaded_mut(&mut self.documents, &document_id).and_then(|l| l.existing.as_mut())
         else {
             return;
         };
-        let view = existing.view(&document_id);
-        if let Some(summary) = self.policy.summarize(view) {
+        let changes = std::mem::take(&mut existing.unsummarized);
+        let view = DocumentView {
+            id: &document_id,
+            doc: &existing.doc,
+            creator: &existing.creator,
+            previous: None,
+        };
+        let policy = &self.policy;
+        let memo = &mut existing.memo;
+        // A policy that panics on a hand-made document derives nothing from
+        // it this time, starts its memo afresh, and the shard goes on.
+        let summary = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            policy.summarize(view, memo, &changes)
+        }))
+        .unwrap_or_else(|_| {
+            existing.memo = P::Memo::default();
+            None
+        });
+        if let Some(summary) = summary {
             effects.push(Effect::Summary {
                 document_id,
                 summary,
@@ -1748,8 +1787,8 @@ struct HeldBudget<'a> {
 /// earlier that they complete; the rest are held for the connection,
 /// outside the document, within its byte budget. The sync state then takes
 /// the message as `receive_sync_message` would have.
-fn apply_sync_message<U>(
-    existing: &mut Existing<U>,
+fn apply_sync_message<U, M>(
+    existing: &mut Existing<U, M>,
     state: &mut sync::State,
     mut message: sync::Message,
     from: ConnectionId,
@@ -2028,7 +2067,7 @@ fn admit_ephemeral(
 /// The user id recorded for changes the server makes itself.
 pub const SERVER_USER: &str = "server";
 
-impl<U> Existing<U> {
+impl<U, M: Default> Existing<U, M> {
     /// The document as the policy sees it.
     fn view<'a>(&'a self, id: &'a DocumentId) -> DocumentView<'a> {
         DocumentView {
@@ -2062,6 +2101,18 @@ impl<U> Existing<U> {
             held: HashMap::new(),
             held_bytes: 0,
             undo: None,
+            memo: M::default(),
+            unsummarized: Vec::new(),
+        }
+    }
+
+    /// Keeps `changes` for the policy's next summary.
+    fn note_accepted(&mut self, changes: &[Change]) {
+        if self.unsummarized.len() + changes.len() > UNSUMMARIZED_CHANGES {
+            self.unsummarized = Vec::new();
+            self.memo = M::default();
+        } else {
+            self.unsummarized.extend_from_slice(changes);
         }
     }
 }
@@ -2098,7 +2149,7 @@ enum Origin {
 fn record_accepted<P: Policy>(
     policy: &P,
     config: &EngineConfig,
-    loaded: &mut Loaded<P::User>,
+    loaded: &mut Loaded<P::User, P::Memo>,
     document_id: DocumentId,
     accepted: Unacknowledged,
     changes: &[Change],
@@ -2109,6 +2160,7 @@ fn record_accepted<P: Policy>(
         return;
     };
     existing.undo = None;
+    existing.note_accepted(changes);
     let writes = &mut loaded.pending_writes;
     if !existing.meta_stored {
         writes.push(StorageWrite::Put {
@@ -2161,10 +2213,10 @@ fn record_accepted<P: Policy>(
     }
 }
 
-fn loaded_mut<'a, U>(
-    documents: &'a mut HashMap<DocumentId, DocumentSlot<U>>,
+fn loaded_mut<'a, U, M>(
+    documents: &'a mut HashMap<DocumentId, DocumentSlot<U, M>>,
     document_id: &DocumentId,
-) -> Option<&'a mut Loaded<U>> {
+) -> Option<&'a mut Loaded<U, M>> {
     match &mut documents.get_mut(document_id)?.slot {
         Slot::Loaded(loaded) => Some(loaded),
         Slot::Loading => None,
@@ -2174,7 +2226,7 @@ fn loaded_mut<'a, U>(
 /// Drops the changes applied since `before` by rebuilding the document from
 /// its history: only when no copy from before the message was kept. Other peers' sync states
 /// stay valid: nothing about the dropped changes was ever sent to them.
-fn rollback<U>(existing: &mut Existing<U>, before: &[ChangeHash]) -> Result<(), String> {
+fn rollback<U, M>(existing: &mut Existing<U, M>, before: &[ChangeHash]) -> Result<(), String> {
     let actor = existing.doc.get_actor().clone();
     let mut restored = existing
         .doc

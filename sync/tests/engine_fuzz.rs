@@ -52,7 +52,14 @@ impl Policy for OpenPolicy {
         }
     }
 
-    fn summarize(&self, _document: DocumentView<'_>) -> Option<()> {
+    type Memo = ();
+
+    fn summarize(
+        &self,
+        _document: DocumentView<'_>,
+        _memo: &mut (),
+        _changes: &[automerge::Change],
+    ) -> Option<()> {
         None
     }
 }

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use automerge::sync::{self, SyncDoc};
@@ -54,7 +54,31 @@ impl Policy for TestPolicy {
         }
     }
 
-    fn summarize(&self, document: DocumentView<'_>) -> Option<usize> {
+    /// The changes the summaries were told of: each accepted change once, so
+    /// that together with a fresh memo's whole reading they are the
+    /// document's history (a story's summary goes missing if not).
+    type Memo = Option<HashSet<ChangeHash>>;
+
+    fn summarize(
+        &self,
+        document: DocumentView<'_>,
+        memo: &mut Self::Memo,
+        changes: &[automerge::Change],
+    ) -> Option<usize> {
+        let history: HashSet<ChangeHash> = document
+            .doc
+            .get_changes(&[])
+            .iter()
+            .map(automerge::Change::hash)
+            .collect();
+        let Some(seen) = memo else {
+            *memo = Some(history);
+            return Some(document.doc.keys(ROOT).count());
+        };
+        for change in changes {
+            assert!(seen.insert(change.hash()), "a change was summarized twice");
+        }
+        assert_eq!(*seen, history, "a change never reached the summary");
         Some(document.doc.keys(ROOT).count())
     }
 }
@@ -978,6 +1002,36 @@ fn durable_client_changes_are_summarized_and_leave_a_changed_marker() {
         summary: 2
     }));
     assert!(world.store.contains_key(&storage::changed_key(&doc_id(1))));
+}
+
+#[test]
+fn every_durable_round_is_summarized_from_the_changes_since_the_last() {
+    let mut world = World::new();
+    let ada = world.connect("ada", None);
+    world.edit(ada, doc_id(1), "first", 0);
+    world.make_public(ada, doc_id(1));
+    world.sync(ada, doc_id(1));
+    let bob = world.connect("bob", None);
+    world.sync(bob, doc_id(1));
+    for round in 0..4 {
+        let writer = if round % 2 == 0 { ada } else { bob };
+        world.edit(writer, doc_id(1), &format!("key{round}"), round);
+        world.sync(writer, doc_id(1));
+    }
+    world.compact(doc_id(1));
+    world.edit(ada, doc_id(1), "last", 1);
+    world.sync(ada, doc_id(1));
+    let summaries: Vec<usize> = world
+        .effects_matching(|effect| matches!(effect, Effect::Summary { .. }))
+        .into_iter()
+        .map(|effect| match effect {
+            Effect::Summary { summary, .. } => *summary,
+            _ => unreachable!(),
+        })
+        .collect();
+    // `first` and `public`, then four keys, then `last`: a summary for every
+    // round, none lost to a memo that missed a change (the policy checks).
+    assert_eq!(summaries, vec![2, 3, 4, 5, 6, 7]);
 }
 
 #[test]

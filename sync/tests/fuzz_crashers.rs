@@ -47,7 +47,14 @@ impl Policy for OpenPolicy {
         Ok(Vec::new())
     }
 
-    fn summarize(&self, _document: DocumentView<'_>) -> Option<()> {
+    type Memo = ();
+
+    fn summarize(
+        &self,
+        _document: DocumentView<'_>,
+        _memo: &mut (),
+        _changes: &[automerge::Change],
+    ) -> Option<()> {
         None
     }
 }

@@ -28,6 +28,7 @@ use super::read::may_read;
 use super::restrictions::{Restrictions, STALE_GRACE_MILLIS};
 use super::schema::{CONVERSATION_STATES, DocFacts, limits};
 use super::summary::summarize;
+use super::summary_memo::SummaryMemo;
 use super::{ActorBindings, CommunityRules, SyncUser};
 use crate::auth::Role;
 use crate::store::{Batch, MemoryStore, Store};
@@ -482,6 +483,8 @@ struct Scene {
     creator: String,
     /// Heads after each accepted message, for changes written offline.
     history: Vec<Vec<ChangeHash>>,
+    /// Summaries as the engine makes them: from the changes since the last.
+    memo: SummaryMemo,
 }
 
 /// What must survive any accepted message.
@@ -616,7 +619,68 @@ impl Scene {
             doc: Automerge::new(),
             creator: users()[ADA].id.clone(),
             history: Vec::new(),
+            memo: SummaryMemo::default(),
         }
+    }
+
+    /// `change` made by a device with `actor` on the document as of
+    /// `heads`: the changes it has that the document lacks.
+    fn made(
+        &self,
+        heads: &[ChangeHash],
+        actor: ActorId,
+        change: impl FnOnce(&mut Transaction<'_>),
+    ) -> Option<Vec<automerge::Change>> {
+        let mut device = self.doc.fork_at(heads).ok()?.with_actor(actor);
+        let mut tx = device.transaction();
+        change(&mut tx);
+        tx.commit();
+        let new: Vec<_> = device
+            .get_changes(heads)
+            .into_iter()
+            .filter(|change| self.doc.get_change_by_hash(&change.hash()).is_none())
+            .collect();
+        (!new.is_empty()).then_some(new)
+    }
+
+    /// The summary made from the changes since the last one is the summary
+    /// read whole.
+    fn summaries_agree(&mut self, new: &[automerge::Change]) -> Result<(), TestCaseError> {
+        let followed = self.memo.summarize(&self.doc, new);
+        prop_assert_eq!(
+            followed,
+            summarize(At::now(&self.doc)),
+            "the summary made from the changes is not the one read whole"
+        );
+        Ok(())
+    }
+
+    /// Applies a message's changes as they are, with no rules: the memo
+    /// must follow whatever a document goes through.
+    fn force(&mut self, message: &Message) -> Result<(), TestCaseError> {
+        let users = users();
+        let writer = &users[message.writer];
+        let heads = match &message.offline_at {
+            Some(at) if !self.history.is_empty() => {
+                self.history[at.index(self.history.len())].clone()
+            }
+            _ => self.doc.get_heads(),
+        };
+        let actor = ActorId::from(message.writer.to_le_bytes().repeat(2));
+        let Some(new) = self.made(&heads, actor, |tx| {
+            for op in &message.ops {
+                apply(tx, op, writer);
+            }
+        }) else {
+            return Ok(());
+        };
+        let saved = self.doc.clone();
+        if self.doc.apply_changes(new.clone()).is_err() {
+            self.doc = saved;
+            return Ok(());
+        }
+        self.history.push(self.doc.get_heads());
+        self.summaries_agree(&new)
     }
 
     /// Sends `who`'s change made on `heads` with `actor`; a refused change
@@ -628,18 +692,7 @@ impl Scene {
         actor: ActorId,
         change: impl FnOnce(&mut Transaction<'_>),
     ) -> Option<Result<(), Refusal>> {
-        let mut device = self.doc.fork_at(heads).ok()?.with_actor(actor);
-        let mut tx = device.transaction();
-        change(&mut tx);
-        tx.commit();
-        let new: Vec<_> = device
-            .get_changes(heads)
-            .into_iter()
-            .filter(|change| self.doc.get_change_by_hash(&change.hash()).is_none())
-            .collect();
-        if new.is_empty() {
-            return None;
-        }
+        let new = self.made(heads, actor, change)?;
         let before = self.doc.get_heads();
         let saved = self.doc.clone();
         if self.doc.apply_changes(new.clone()).is_err() {
@@ -664,7 +717,12 @@ impl Scene {
                     .expect("a memory store takes every batch");
             });
         match verdict {
-            Ok(()) => self.history.push(self.doc.get_heads()),
+            Ok(()) => {
+                self.history.push(self.doc.get_heads());
+                if let Err(disagreement) = self.summaries_agree(&new) {
+                    panic!("{disagreement}");
+                }
+            }
             Err(_) => self.doc = saved,
         }
         Some(verdict)
@@ -835,6 +893,26 @@ proptest! {
         messages in prop::collection::vec(arb_message(), 1..8),
     ) {
         conversation().fuzz(messages)?;
+    }
+
+    #[test]
+    fn the_summary_of_a_post_follows_any_change_as_a_whole_reading_would(
+        messages in prop::collection::vec(arb_message(), 1..12),
+    ) {
+        let mut scene = published_post();
+        for message in &messages {
+            scene.force(message)?;
+        }
+    }
+
+    #[test]
+    fn the_summary_of_a_conversation_follows_any_change_as_a_whole_reading_would(
+        messages in prop::collection::vec(arb_message(), 1..12),
+    ) {
+        let mut scene = conversation();
+        for message in &messages {
+            scene.force(message)?;
+        }
     }
 
     #[test]

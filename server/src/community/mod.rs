@@ -10,6 +10,7 @@ mod restrictions;
 mod rules;
 mod schema;
 mod summary;
+mod summary_memo;
 mod write;
 
 pub use actors::{ActorBindings, SERVER_OWNER};
@@ -20,6 +21,7 @@ pub use restrictions::{Restrictions, STALE_GRACE_MILLIS};
 pub use rules::{CommunityRules, SyncUser};
 pub use schema::{CONVERSATION_KINDS, CONVERSATION_STATES, DocFacts, DocType};
 pub use summary::{ConversationSummary, ItemSummary, PostSummary, Summary, summarize};
+pub use summary_memo::SummaryMemo;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -11,7 +11,8 @@ use super::quota::{Quota, QuotaError, Usage};
 use super::read::may_read;
 use super::restrictions::Restrictions;
 use super::schema::DocFacts;
-use super::summary::{Summary, summarize};
+use super::summary::Summary;
+use super::summary_memo::SummaryMemo;
 use super::write::WriteCheck;
 use crate::auth::Role;
 
@@ -103,7 +104,14 @@ impl Policy for CommunityRules {
         Ok(writes)
     }
 
-    fn summarize(&self, document: DocumentView<'_>) -> Option<Summary> {
-        summarize(At::now(document.doc))
+    type Memo = SummaryMemo;
+
+    fn summarize(
+        &self,
+        document: DocumentView<'_>,
+        memo: &mut SummaryMemo,
+        changes: &[Change],
+    ) -> Option<Summary> {
+        memo.summarize(document.doc, changes)
     }
 }

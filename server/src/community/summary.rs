@@ -2,7 +2,7 @@
 //! index and inboxes, count needs and weekly figures, and decide who hears
 //! about what, without reloading the documents.
 
-use automerge::ROOT;
+use automerge::{ObjId, ROOT};
 use serde::{Deserialize, Serialize};
 
 use super::fields::At;
@@ -99,35 +99,65 @@ impl ConversationSummary {
     }
 }
 
-fn items(at: At<'_>, list: &str) -> Vec<ItemSummary> {
-    let items = at.map_items(&ROOT, list);
-    let with_excerpts = items.len().saturating_sub(ITEMS_WITH_EXCERPTS);
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(position, item)| {
-            let deleted = at.boolean(&item, "deleted").unwrap_or(false);
-            let excerpt = if position >= with_excerpts && !deleted {
-                excerpt(&at.text(&item, "body").unwrap_or_default())
-            } else {
-                String::new()
-            };
-            ItemSummary {
-                id: clipped(at.text(&item, "id").unwrap_or_default(), limits::ID_CHARS),
-                author: clipped(
-                    at.text(&item, "author").unwrap_or_default(),
-                    limits::ID_CHARS,
-                ),
-                created_at: at.millis(&item, "created_at").unwrap_or_default(),
-                deleted,
-                excerpt,
-            }
-        })
-        .collect()
+/// How many items, from the end of a list of `count`, carry an excerpt.
+pub(super) fn first_with_excerpt(count: usize) -> usize {
+    count.saturating_sub(ITEMS_WITH_EXCERPTS)
+}
+
+/// One reply or message, with its excerpt if `with_excerpt` (and it is not
+/// deleted).
+pub(super) fn read_item(at: At<'_>, item: &ObjId, with_excerpt: bool) -> ItemSummary {
+    let deleted = at.boolean(item, "deleted").unwrap_or(false);
+    ItemSummary {
+        id: clipped(at.text(item, "id").unwrap_or_default(), limits::ID_CHARS),
+        author: clipped(
+            at.text(item, "author").unwrap_or_default(),
+            limits::ID_CHARS,
+        ),
+        created_at: at.millis(item, "created_at").unwrap_or_default(),
+        deleted,
+        excerpt: if with_excerpt && !deleted {
+            read_excerpt(at, item)
+        } else {
+            String::new()
+        },
+    }
+}
+
+pub(super) fn read_excerpt(at: At<'_>, item: &ObjId) -> String {
+    excerpt(&at.text(item, "body").unwrap_or_default())
+}
+
+/// The list of items a summary lists: replies or messages.
+pub(super) fn item_list(summary: &Summary) -> &'static str {
+    match summary {
+        Summary::Post(_) => "replies",
+        Summary::Conversation(_) => "messages",
+    }
+}
+
+pub(super) fn items_mut(summary: &mut Summary) -> &mut Vec<ItemSummary> {
+    match summary {
+        Summary::Post(post) => &mut post.replies,
+        Summary::Conversation(conversation) => &mut conversation.messages,
+    }
 }
 
 /// The summary of a post or a conversation as it is now.
 pub fn summarize(at: At<'_>) -> Option<Summary> {
+    let mut summary = summarize_without_items(at)?;
+    let items = at.map_items(&ROOT, item_list(&summary));
+    let with_excerpts = first_with_excerpt(items.len());
+    *items_mut(&mut summary) = items
+        .iter()
+        .enumerate()
+        .map(|(position, item)| read_item(at, item, position >= with_excerpts))
+        .collect();
+    Some(summary)
+}
+
+/// Everything in the summary but its replies or messages (left empty).
+pub(super) fn summarize_without_items(at: At<'_>) -> Option<Summary> {
     let facts = DocFacts::read(at);
     match facts.doc_type()? {
         DocType::Post => Some(Summary::Post(PostSummary {
@@ -140,7 +170,7 @@ pub fn summarize(at: At<'_>) -> Option<Summary> {
             created_at: at.millis(&ROOT, "created_at").unwrap_or_default(),
             anonymous: at.boolean(&ROOT, "anonymous").unwrap_or(false),
             locked: facts.locked,
-            replies: items(at, "replies"),
+            replies: Vec::new(),
         })),
         DocType::Conversation => {
             let publish = at.object(&ROOT, "publish", automerge::ObjType::Map);
@@ -172,7 +202,7 @@ pub fn summarize(at: At<'_>) -> Option<Summary> {
                     .map(|id| clipped(id, limits::ID_CHARS)),
                 publish_consent: flag("consent"),
                 publish_anonymous: flag("anonymous"),
-                messages: items(at, "messages"),
+                messages: Vec::new(),
             }))
         }
         _ => None,
