@@ -90,7 +90,14 @@ pub trait Policy {
     /// The stable id recorded as a new document's creator.
     fn user_id<'a>(&self, user: &'a Self::User) -> &'a str;
 
-    fn may_read(&self, user: &Self::User, document: DocumentView<'_>) -> bool;
+    /// Whether `user` may read `document`. `memo` is the document's (see
+    /// [`Self::Memo`]): the engine asks for every peer it sends to.
+    fn may_read(
+        &self,
+        user: &Self::User,
+        document: DocumentView<'_>,
+        memo: &mut Self::Memo,
+    ) -> bool;
 
     /// Judges `changes`, already applied to `document`, whose heads before
     /// them were `before`. `creating` is true when these changes create it.
@@ -106,9 +113,10 @@ pub trait Policy {
         creating: bool,
     ) -> Result<Vec<StorageWrite>, Refusal>;
 
-    /// What the policy keeps of a document in memory between its summaries,
-    /// so that a summary follows from the changes since the last one: reading
-    /// a whole document again costs microseconds per field, on every change.
+    /// What the policy keeps of a document in memory between calls: what it
+    /// read of the document, so that a summary follows from the changes
+    /// since the last one and the read rules' facts are read once per state,
+    /// not once per peer. Reading a field costs microseconds.
     type Memo: Default;
 
     /// Describes a document after durable changes, or `None` if nothing is
@@ -917,8 +925,16 @@ impl<P: Policy> Engine<P> {
         };
 
         if let Some(existing) = &mut loaded.existing {
-            let view = existing.view(&document_id);
-            if !self.policy.may_read(&connection.user, view) {
+            let view = DocumentView {
+                id: &document_id,
+                doc: &existing.doc,
+                creator: &existing.creator,
+                previous: None,
+            };
+            if !self
+                .policy
+                .may_read(&connection.user, view, &mut existing.memo)
+            {
                 existing.peers.remove(&connection.id);
                 if is_request || sync_message.heads.is_empty() {
                     effects.push(unavailable(&connection));
@@ -1378,7 +1394,10 @@ impl<P: Policy> Engine<P> {
             creator: &existing.creator,
             previous: None,
         };
-        if !self.policy.may_read(&connection.user, view) {
+        if !self
+            .policy
+            .may_read(&connection.user, view, &mut existing.memo)
+        {
             return;
         }
         // A client may send the same ephemeral twice (the stock client's
@@ -1408,7 +1427,11 @@ impl<P: Policy> Engine<P> {
         // Encoded once; each reader's frame shares the bytes.
         let mut shared = None;
         for (id, peer) in &existing.peers {
-            if *id == connection.id || !self.policy.may_read(&peer.connection.user, view) {
+            if *id == connection.id
+                || !self
+                    .policy
+                    .may_read(&peer.connection.user, view, &mut existing.memo)
+            {
                 continue;
             }
             let shared = shared.get_or_insert_with(|| SharedEphemeral::new(&message));
@@ -1443,7 +1466,10 @@ impl<P: Policy> Engine<P> {
                 creator: &existing.creator,
                 previous: None,
             };
-            if !self.policy.may_read(&peer.connection.user, view) {
+            if !self
+                .policy
+                .may_read(&peer.connection.user, view, &mut existing.memo)
+            {
                 // Access was lost (removed from a conversation, a post hidden).
                 existing.peers.remove(&id);
                 continue;
@@ -2199,7 +2225,7 @@ fn record_accepted<P: Policy>(
         previous: None,
     };
     for (id, waiting) in loaded.waiting.drain() {
-        if policy.may_read(&waiting.user, view) {
+        if policy.may_read(&waiting.user, view, &mut existing.memo) {
             existing.peers.insert(
                 id,
                 Peer {

@@ -29,7 +29,7 @@ impl Policy for TestPolicy {
         user
     }
 
-    fn may_read(&self, user: &String, document: DocumentView<'_>) -> bool {
+    fn may_read(&self, user: &String, document: DocumentView<'_>, _memo: &mut Self::Memo) -> bool {
         document.creator == user
             || matches!(document.doc.get(ROOT, "public"), Ok(Some((value, _))) if value.as_bool() == Some(true))
     }

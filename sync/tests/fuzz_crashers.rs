@@ -32,7 +32,7 @@ impl Policy for OpenPolicy {
         user
     }
 
-    fn may_read(&self, _user: &String, _document: DocumentView<'_>) -> bool {
+    fn may_read(&self, _user: &String, _document: DocumentView<'_>, _memo: &mut ()) -> bool {
         true
     }
 

@@ -23,12 +23,12 @@ use backchannel_sync::{DocumentId, DocumentView, Policy, Refusal};
 use proptest::prelude::*;
 
 use super::fields::At;
+use super::memo::DocumentMemo;
 use super::quota::{BYTES_PER_USER, DOCUMENTS_PER_USER, Quota, Usage};
 use super::read::may_read;
 use super::restrictions::{Restrictions, STALE_GRACE_MILLIS};
 use super::schema::{CONVERSATION_STATES, DocFacts, limits};
 use super::summary::summarize;
-use super::summary_memo::SummaryMemo;
 use super::{ActorBindings, CommunityRules, SyncUser};
 use crate::auth::Role;
 use crate::store::{Batch, MemoryStore, Store};
@@ -484,7 +484,7 @@ struct Scene {
     /// Heads after each accepted message, for changes written offline.
     history: Vec<Vec<ChangeHash>>,
     /// Summaries as the engine makes them: from the changes since the last.
-    memo: SummaryMemo,
+    memo: DocumentMemo,
 }
 
 /// What must survive any accepted message.
@@ -619,7 +619,7 @@ impl Scene {
             doc: Automerge::new(),
             creator: users()[ADA].id.clone(),
             history: Vec::new(),
-            memo: SummaryMemo::default(),
+            memo: DocumentMemo::default(),
         }
     }
 

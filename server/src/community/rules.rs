@@ -6,13 +6,11 @@ use backchannel_sync::storage::StorageWrite;
 use backchannel_sync::{DocumentView, Policy, Refusal};
 
 use super::actors::ActorBindings;
-use super::fields::At;
+use super::memo::DocumentMemo;
 use super::quota::{Quota, QuotaError, Usage};
 use super::read::may_read;
 use super::restrictions::Restrictions;
-use super::schema::DocFacts;
 use super::summary::Summary;
-use super::summary_memo::SummaryMemo;
 use super::write::WriteCheck;
 use crate::auth::Role;
 
@@ -49,12 +47,13 @@ impl Policy for CommunityRules {
         &user.id
     }
 
-    fn may_read(&self, user: &SyncUser, document: DocumentView<'_>) -> bool {
-        may_read(
-            user,
-            &DocFacts::read(At::now(document.doc)),
-            document.creator,
-        )
+    fn may_read(
+        &self,
+        user: &SyncUser,
+        document: DocumentView<'_>,
+        memo: &mut DocumentMemo,
+    ) -> bool {
+        may_read(user, memo.facts(document.doc), document.creator)
     }
 
     fn check_changes(
@@ -104,12 +103,12 @@ impl Policy for CommunityRules {
         Ok(writes)
     }
 
-    type Memo = SummaryMemo;
+    type Memo = DocumentMemo;
 
     fn summarize(
         &self,
         document: DocumentView<'_>,
-        memo: &mut SummaryMemo,
+        memo: &mut DocumentMemo,
         changes: &[Change],
     ) -> Option<Summary> {
         memo.summarize(document.doc, changes)

@@ -5,7 +5,10 @@
 //! every reply's fields (microseconds each); the policy's memo reads only
 //! what the new change touched. At each size this appends replies the way
 //! the stock client does (a map with `id`, `author`, `created_at` and a
-//! `body` text) and times both, and the append alone for scale.
+//! `body` text) and times both, and the append alone for scale. The last
+//! column is what the projector then does with the summary on every change
+//! today: the catalog entry decoded (the previous one) and encoded (the new
+//! one) as JSON, whole.
 //!
 //! `cargo run --release -p backchannel-tests --bin summary_bench -- --replies 10000`
 
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use automerge::transaction::Transactable;
 use automerge::{Automerge, Change, ObjId, ObjType, ROOT};
-use backchannel::community::{At, SummaryMemo, summarize};
+use backchannel::community::{At, DocumentMemo, Summary, summarize};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -64,14 +67,14 @@ fn per_op(total: Duration, count: usize) -> f64 {
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
     let (mut doc, replies) = new_post()?;
-    let mut memo = SummaryMemo::default();
+    let mut memo = DocumentMemo::default();
     memo.summarize(&doc, &[]);
     let mut sizes: Vec<usize> = [100, 1_000, 3_000, 10_000]
         .into_iter()
         .filter(|size| *size < options.replies)
         .collect();
     sizes.push(options.replies);
-    println!("replies  append ms  whole reading ms  memo ms  whole/memo");
+    println!("replies  append ms  whole reading ms  memo ms  whole/memo  catalog JSON ms");
     let mut count = 0;
     for size in sizes {
         while count < size {
@@ -79,8 +82,12 @@ fn main() -> anyhow::Result<()> {
             memo.summarize(&doc, &[change]);
             count += 1;
         }
-        let (mut append, mut whole, mut followed) =
-            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let (mut append, mut whole, mut followed, mut catalog) = (
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
         for _ in 0..options.samples {
             let started = Instant::now();
             let change = reply(&mut doc, &replies, count)?;
@@ -96,14 +103,19 @@ fn main() -> anyhow::Result<()> {
                 from_memo == read,
                 "the memo's summary differs at {count} replies"
             );
+            let started = Instant::now();
+            let stored = serde_json::to_vec(&from_memo)?;
+            let _previous: Option<Summary> = serde_json::from_slice(&stored)?;
+            catalog += started.elapsed();
         }
-        let (append, whole, followed) = (
+        let (append, whole, followed, catalog) = (
             per_op(append, options.samples),
             per_op(whole, options.samples),
             per_op(followed, options.samples),
+            per_op(catalog, options.samples),
         );
         println!(
-            "{size:>7}  {append:>9.3}  {whole:>16.3}  {followed:>7.3}  {:>10.0}",
+            "{size:>7}  {append:>9.3}  {whole:>16.3}  {followed:>7.3}  {:>10.0}  {catalog:>15.3}",
             whole / followed
         );
     }

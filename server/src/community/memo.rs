@@ -1,4 +1,8 @@
-//! Summaries that follow from the changes since the last one. Reading a
+//! What the rules keep of a loaded document between calls: the facts the
+//! read rules need, read once per state of the document rather than once per
+//! peer sent to, and the last summary.
+//!
+//! Summaries follow from the changes since the last one. Reading a
 //! field of an automerge document costs microseconds, so reading a post
 //! whole after every reply costs its length each time: at a few thousand
 //! replies, a third of the server's time (docs/PERFORMANCE.md). The memo
@@ -9,21 +13,36 @@
 use std::collections::{HashMap, HashSet};
 
 use automerge::legacy::{ObjectId as ChangedObject, OpType};
-use automerge::{ActorId, Automerge, Change, ObjId, ObjType, Prop, ROOT, ReadDoc, Value, ValueRef};
+use automerge::{
+    ActorId, Automerge, Change, ChangeHash, ObjId, ObjType, Prop, ROOT, ReadDoc, Value, ValueRef,
+};
 
 use super::fields::At;
+use super::schema::DocFacts;
 use super::summary::{
     ItemSummary, Summary, first_with_excerpt, item_list, items_mut, read_excerpt, read_item,
     summarize_without_items,
 };
 
-/// What one document's summaries remember between them (see the module).
+/// What the rules remember of one loaded document (see the module).
 #[derive(Default)]
-pub struct SummaryMemo {
+pub struct DocumentMemo {
+    /// The read rules' facts, and the heads they were read at.
+    facts: Option<(Vec<ChangeHash>, DocFacts)>,
     kept: Option<Kept>,
 }
 
-impl SummaryMemo {
+impl DocumentMemo {
+    /// The read rules' facts about `doc` as it is now.
+    pub fn facts(&mut self, doc: &Automerge) -> &DocFacts {
+        let heads = doc.get_heads();
+        if self.facts.as_ref().is_none_or(|(at, _)| *at != heads) {
+            self.facts = Some((heads, DocFacts::read(At::now(doc))));
+        }
+        let (_, facts) = self.facts.get_or_insert_default();
+        facts
+    }
+
     /// The summary of `doc`, which is the document of the last summary plus
     /// `changes`; read whole if this memo is new.
     pub fn summarize(&mut self, doc: &Automerge, changes: &[Change]) -> Option<Summary> {
@@ -352,5 +371,28 @@ fn index_in(at: At<'_>, list: &ObjKey, item: &ObjKey) -> Option<usize> {
             Some(index)
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+
+    use super::*;
+    use crate::community::schema::PostStatus;
+
+    #[test]
+    fn the_read_facts_are_read_again_once_the_document_changes() {
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "type", "post").unwrap();
+        tx.put(ROOT, "status", "published").unwrap();
+        tx.commit();
+        let mut memo = DocumentMemo::default();
+        assert_eq!(memo.facts(&doc).status, Some(PostStatus::Published));
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "status", "hidden").unwrap();
+        tx.commit();
+        assert_eq!(memo.facts(&doc).status, Some(PostStatus::Hidden));
     }
 }
