@@ -184,6 +184,7 @@ impl KeptDocs {
             managers: HashSet::new(),
             names: HashMap::new(),
             unfinished: Unfinished::default(),
+            recent: catalog::Recent::default(),
             index_needs_rebuild: false,
         };
         let thread = std::thread::Builder::new()
@@ -327,6 +328,8 @@ struct Projector {
     managers: HashSet<String>,
     names: HashMap<String, String>,
     unfinished: Unfinished,
+    /// Catalog entries as last stored, for the busiest documents.
+    recent: catalog::Recent,
     /// A published post left the index since it was last built.
     index_needs_rebuild: bool,
 }
@@ -440,7 +443,12 @@ impl Projector {
             }
         });
         match stored {
-            Ok(()) => self.push.wake(unfinished.queued),
+            Ok(()) => {
+                self.push.wake(unfinished.queued);
+                for (id, summary) in unfinished.catalog {
+                    self.recent.insert(id, summary);
+                }
+            }
             Err(error) => {
                 tracing::error!(%error, "could not store the projected catalog");
                 return;
@@ -550,9 +558,12 @@ impl Projector {
 
     fn on_summary(&mut self, id: DocumentId, summary: Summary) -> Result<(), StoreError> {
         let store = self.kept.store.clone();
-        let old = match self.unfinished.catalog.get(&id) {
-            Some(newer) => Some(newer.clone()),
-            None => catalog::get(store.as_ref(), &id)?,
+        let old = match self.unfinished.catalog.remove(&id) {
+            Some(newer) => Some(newer),
+            None => match self.recent.take(&id) {
+                Some(stored) => Some(stored),
+                None => catalog::get(store.as_ref(), &id)?,
+            },
         };
         // The notifications go in the same write as the catalog entry they
         // were derived from: a crash loses or repeats neither.
