@@ -7,8 +7,9 @@
 //! whole after every reply costs its length each time: at a few thousand
 //! replies, a third of the server's time (docs/PERFORMANCE.md). The memo
 //! keeps what was read of every item and reads again only the items whose
-//! objects the new changes touched. It gives exactly what [`summarize`] reads; the
-//! property tests compare the two after every accepted change.
+//! objects the new changes touched. It gives exactly what a whole reading
+//! ([`super::summary::summarize`]) gives; the property tests compare the two
+//! after every change.
 
 use std::collections::{HashMap, HashSet};
 
