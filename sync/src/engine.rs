@@ -924,52 +924,43 @@ impl<P: Policy> Engine<P> {
             return;
         };
 
-        if let Some(existing) = &mut loaded.existing {
-            let view = DocumentView {
-                id: &document_id,
-                doc: &existing.doc,
-                creator: &existing.creator,
-                previous: None,
-            };
-            if !self
-                .policy
-                .may_read(&connection.user, view, &mut existing.memo)
-            {
-                existing.peers.remove(&connection.id);
-                if is_request || sync_message.heads.is_empty() {
-                    effects.push(unavailable(&connection));
-                    return;
-                }
-                if sync_message.changes.is_empty() {
-                    // Heads without changes: answer exactly as for a document
-                    // we lack (asking for everything), so that offline work
-                    // can arrive and be judged, and nothing is revealed.
-                    let mut nothing = Automerge::new();
-                    let mut scratch = sync::State::new();
-                    if nothing
-                        .receive_sync_message(&mut scratch, sync_message)
-                        .is_ok()
-                        && let Some(reply) = nothing.generate_sync_message(&mut scratch)
-                    {
-                        effects.push(Effect::Send {
-                            connection: connection.id,
-                            message: Message::Sync(DocMessage {
-                                sender_id: self.config.server_peer_id.clone(),
-                                target_id: connection.peer_id.clone(),
-                                document_id,
-                                data: reply.encode(),
-                            }),
-                        });
-                    }
-                    return;
-                }
-                // Changes from someone who can no longer read the document
-                // (written offline before a removal, say) are judged as the
-                // rules say, at their dependencies; either way the sender
-                // learns nothing but `doc-unavailable`.
-                self.receive_from_outsider(document_id, connection, sync_message, effects);
+        if let Some(existing) = &mut loaded.existing
+            && !existing.may_read(&self.policy, &document_id, &connection.user)
+        {
+            existing.peers.remove(&connection.id);
+            if is_request || sync_message.heads.is_empty() {
+                effects.push(unavailable(&connection));
                 return;
             }
+            if sync_message.changes.is_empty() {
+                // Heads without changes: answer exactly as for a document
+                // we lack (asking for everything), so that offline work
+                // can arrive and be judged, and nothing is revealed.
+                let mut nothing = Automerge::new();
+                let mut scratch = sync::State::new();
+                if nothing
+                    .receive_sync_message(&mut scratch, sync_message)
+                    .is_ok()
+                    && let Some(reply) = nothing.generate_sync_message(&mut scratch)
+                {
+                    effects.push(Effect::Send {
+                        connection: connection.id,
+                        message: Message::Sync(DocMessage {
+                            sender_id: self.config.server_peer_id.clone(),
+                            target_id: connection.peer_id.clone(),
+                            document_id,
+                            data: reply.encode(),
+                        }),
+                    });
+                }
+                return;
+            }
+            // Changes from someone who can no longer read the document
+            // (written offline before a removal, say) are judged as the
+            // rules say, at their dependencies; either way the sender
+            // learns nothing but `doc-unavailable`.
+            self.receive_from_outsider(document_id, connection, sync_message, effects);
+            return;
         }
         let stored = loaded
             .existing
@@ -1388,18 +1379,15 @@ impl<P: Policy> Engine<P> {
         else {
             return;
         };
+        if !existing.may_read(&self.policy, &document_id, &connection.user) {
+            return;
+        }
         let view = DocumentView {
             id: &document_id,
             doc: &existing.doc,
             creator: &existing.creator,
             previous: None,
         };
-        if !self
-            .policy
-            .may_read(&connection.user, view, &mut existing.memo)
-        {
-            return;
-        }
         // A client may send the same ephemeral twice (the stock client's
         // copies of ours are dropped before they get here): drop repeats.
         let key = (message.sender_id.clone(), message.session_id.clone());
@@ -2132,6 +2120,22 @@ impl<U, M: Default> Existing<U, M> {
         }
     }
 
+    /// Whether `policy` lets `user` read this document, asked with its memo.
+    fn may_read<P: Policy<User = U, Memo = M>>(
+        &mut self,
+        policy: &P,
+        id: &DocumentId,
+        user: &U,
+    ) -> bool {
+        let view = DocumentView {
+            id,
+            doc: &self.doc,
+            creator: &self.creator,
+            previous: None,
+        };
+        policy.may_read(user, view, &mut self.memo)
+    }
+
     /// Keeps `changes` for the policy's next summary.
     fn note_accepted(&mut self, changes: &[Change]) {
         if self.unsummarized.len() + changes.len() > UNSUMMARIZED_CHANGES {
@@ -2218,14 +2222,8 @@ fn record_accepted<P: Policy>(
         effects.push(Effect::Compact { document_id });
     }
     // Whoever waited for this document gets it, if they may read it.
-    let view = DocumentView {
-        id: &document_id,
-        doc: &existing.doc,
-        creator: &existing.creator,
-        previous: None,
-    };
     for (id, waiting) in loaded.waiting.drain() {
-        if policy.may_read(&waiting.user, view, &mut existing.memo) {
+        if existing.may_read(policy, &document_id, &waiting.user) {
             existing.peers.insert(
                 id,
                 Peer {
